@@ -1,0 +1,88 @@
+"""Reading a batch from disk: the YAML file, then its experiments (adapter around model/plan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sierra_operator.model import SierraBatch, SpecError, parse_batch
+from sierra_operator.plan import (
+    Plan,
+    PlanError,
+    plan_from_batch_commands,
+    plan_from_experiment_commands,
+    plan_from_experiments,
+)
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    """A validated batch with its plan and the directory its records go to."""
+
+    batch: SierraBatch
+    plan: Plan
+    batch_root: Path
+    workdir: Path
+
+
+def read_batch_file(path: Path) -> SierraBatch:
+    """Parse and validate a SierraBatch YAML file; errors name the file, line or field."""
+    source = f"{path}: "
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the batch file ({exc.strerror})") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{source}{where}invalid YAML: {problem}") from None
+    if len(docs) != 1:
+        raise SpecError(f"{source}expected exactly one YAML document (a SierraBatch), found {len(docs)}")
+    return parse_batch(docs[0], source)
+
+
+def resolve_under_root(sierra_root: Path, name: str) -> Path:
+    """A path from the spec: absolute as is, relative under sierra-root."""
+    path = Path(name)
+    return path if path.is_absolute() else sierra_root / path
+
+
+def load_plan(batch: SierraBatch, sierra_root: Path) -> tuple[Plan, Path]:
+    """The batch's plan and its batch root (where scratch/ and the run records go)."""
+    spec = batch.spec
+    if spec.experiments is not None:
+        return plan_from_experiments(spec.experiments), sierra_root / batch.metadata.name
+    if spec.commands_file is not None:
+        target = resolve_under_root(sierra_root, spec.commands_file)
+        try:
+            if target.is_dir():
+                files = {
+                    p.parent.name: p.read_text()
+                    for p in sorted((target / "exp-inputs").glob("*/commands.txt"))
+                }
+                return plan_from_experiment_commands(files, str(target / "exp-inputs")), target
+            return plan_from_batch_commands(target.read_text(), str(target)), target.parent
+        except FileNotFoundError:
+            raise SpecError(
+                f"spec.commandsFile: {target} does not exist; run SIERRA stage 1 first, or give "
+                "the path of the batch's commands.txt relative to --sierra-root"
+            ) from None
+        except PlanError as exc:
+            raise SpecError(f"spec.commandsFile: {exc}") from None
+    raise SpecError(
+        "spec.sierra: running SIERRA stage 1 is not supported in local mode yet; run "
+        "`sierra-cli ... --pipeline 1` yourself and set spec.commandsFile to the batch's "
+        "commands.txt"
+    )
+
+
+def load(path: Path, sierra_root: Path) -> LoadedBatch:
+    """Everything local mode needs before it starts anything; raises SpecError on bad input."""
+    batch = read_batch_file(path)
+    plan, batch_root = load_plan(batch, sierra_root)
+    return LoadedBatch(batch, plan, batch_root, path.resolve().parent)

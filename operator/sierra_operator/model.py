@@ -1,0 +1,508 @@
+"""The SierraBatch resource as typed models: the one source of truth for its shape.
+
+The CRD in ``crds/sierrabatch.yaml`` is generated from these classes by
+:mod:`sierra_operator.crd` (field descriptions become ``kubectl explain``), and a
+test proves the two accept and reject the same documents. Field names are the
+Kubernetes camelCase names; Python code uses snake_case attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "sierra.research.io"
+VERSION = "v1alpha1"
+KIND = "SierraBatch"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Names SIERRA gives experiments: c1-exp0, c1-exp3+c2-exp1, or any name a user picks
+# that is safe as a directory name and a Prefect tag.
+EXPERIMENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$"
+DNS1123_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+ONE_SOURCE_RULE = (
+    "[has(self.experiments), has(self.commandsFile), has(self.sierra)]"
+    ".filter(x, x).size() == 1"
+)
+ONE_SOURCE_MESSAGE = (
+    "set exactly one source of experiments: spec.experiments (inline), "
+    "spec.commandsFile (a SIERRA commands file) or spec.sierra (run SIERRA stage 1)"
+)
+UNIQUE_NAMES_RULE = "self.all(e, self.exists_one(f, f.name == e.name))"
+UNIQUE_NAMES_MESSAGE = "experiment names must be unique"
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected (kubectl's strict validation)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=False,
+    )
+
+
+class BuildSpec(_Model):
+    """How to build the experiment image before any experiment runs."""
+
+    context: str = Field(
+        min_length=1,
+        description="Build context the Docker engine accepts: a git URL "
+        "(https://github.com/acme/foraging.git#main), a tarball URL or a path on the engine.",
+    )
+    dockerfile: str = Field(
+        default="Dockerfile", min_length=1, description="Dockerfile path inside the context."
+    )
+    build_args: dict[str, str] = Field(
+        default_factory=dict, description="Build arguments (--build-arg NAME=VALUE)."
+    )
+    target: str | None = Field(default=None, description="Multi-stage build target, if any.")
+
+
+class ImageSpec(_Model):
+    """The image every run pod uses; local mode ignores it."""
+
+    repository: str = Field(
+        min_length=1,
+        description="Repository the image is pushed to and pulled from, "
+        "e.g. localhost:5001/foraging.",
+    )
+    tag: str = Field(
+        default="latest",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        description="Image tag.",
+    )
+    build: BuildSpec | None = Field(
+        default=None, description="Build and push the image first; omit if the image exists."
+    )
+    push_secret: str | None = Field(
+        default=None,
+        description="Name of a kubernetes.io/dockerconfigjson Secret used to push, "
+        "and as the run pods' imagePullSecret.",
+    )
+
+
+AccessMode = Literal["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"]
+
+
+class SierraRootSpec(_Model):
+    """The shared filesystem holding --sierra-root, mounted at the same path everywhere."""
+
+    mount_path: str = Field(
+        default="/sierra-root",
+        pattern=r"^/.*",
+        description="Absolute path where sierra-root is mounted in every pod; SIERRA's "
+        "commands files name files under it, so it must match the path used in stage 1.",
+    )
+    claim_name: str | None = Field(
+        default=None,
+        pattern=DNS1123_PATTERN,
+        max_length=253,
+        description="Existing PersistentVolumeClaim to use; omit to let the operator create one.",
+    )
+    size: str = Field(
+        default="10Gi",
+        pattern=QUANTITY_PATTERN,
+        description="Size of the PersistentVolumeClaim the operator creates.",
+    )
+    storage_class_name: str | None = Field(
+        default=None, description="StorageClass of the created claim; omit for the default."
+    )
+    access_modes: list[AccessMode] = Field(
+        default_factory=lambda: ["ReadWriteMany"],
+        min_length=1,
+        description="Access modes of the created claim; runs on many nodes need ReadWriteMany.",
+    )
+    delete_with_batch: bool = Field(
+        default=False,
+        description="Delete the created claim (and its data) with the batch. Default: keep it.",
+    )
+
+
+class RunSpec(_Model):
+    """One experimental run: a shell command."""
+
+    command: str = Field(min_length=1, description="Shell command of this experimental run.")
+
+
+class ExperimentSpec(_Model):
+    """One experiment: runs that execute in parallel, after the previous experiment."""
+
+    name: str = Field(
+        pattern=EXPERIMENT_NAME_PATTERN,
+        description="Experiment name (SIERRA style: c1-exp0); letters, digits, '.', '_', "
+        "'+', '-'.",
+    )
+    runs: list[RunSpec] = Field(
+        min_length=1, description="Experimental runs of this experiment (at least one)."
+    )
+
+
+class SierraSpec(_Model):
+    """Run SIERRA itself in the image to generate the experiments (stage 1)."""
+
+    args: list[str] = Field(
+        min_length=1,
+        description="SIERRA command-line arguments for stage 1 "
+        "(--project, --engine, --n-runs, --bc, ...).",
+    )
+    post_stages: list[Annotated[int, Field(ge=3, le=5)]] = Field(
+        default_factory=list,
+        description="SIERRA stages (3, 4, 5) to run after the last experiment.",
+    )
+
+
+class ResourceRequirements(_Model):
+    """Kubernetes resources of each run pod."""
+
+    requests: dict[str, str] = Field(
+        default_factory=dict, description="Resource requests, e.g. {cpu: '1', memory: 1Gi}."
+    )
+    limits: dict[str, str] = Field(default_factory=dict, description="Resource limits.")
+
+
+class FailurePolicy(StrEnum):
+    """What a run that failed after all its retries does to the batch."""
+
+    STOP_BATCH = "StopBatch"
+    CONTINUE = "Continue"
+
+
+class ExecutionSpec(_Model):
+    """How the experiments execute."""
+
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Prefect workers (worker pods in the cluster, processes in local mode).",
+    )
+    parallelism: int = Field(
+        default=4,
+        ge=1,
+        le=10000,
+        description="At most this many runs of one experiment execute at the same time.",
+    )
+    retries: int = Field(
+        default=0, ge=0, le=20, description="Times a failed run is retried before it counts as failed."
+    )
+    failure_policy: FailurePolicy = Field(
+        default=FailurePolicy.STOP_BATCH,
+        description="StopBatch: after a run fails (retries used up) start nothing new and end "
+        "Failed. Continue: run the remaining experiments, then end Failed.",
+    )
+    run_timeout_seconds: int | None = Field(
+        default=None, ge=1, description="A run still executing after this long is failed."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Resources of each run pod."
+    )
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the batch's namespace."""
+
+    name: str = Field(pattern=DNS1123_PATTERN, description="Secret name.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
+class PrefectSpec(_Model):
+    """Which Prefect server runs the batch, and the names used on it."""
+
+    api_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Prefect API URL (http://host:4200/api). Default: the operator's "
+        "PREFECT_API_URL, or in local mode a server of its own.",
+    )
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret holding a Prefect Cloud API key."
+    )
+    work_pool: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="Work pool name. Default: sierra-pool in local mode, unique per batch "
+        "in the cluster.",
+    )
+    work_queue: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="Work queue name. Default: sierra-queue.",
+    )
+
+
+class SierraBatchSpec(_Model):
+    """A SIERRA batch experiment: where its data lives, its experiments and how they run."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": ONE_SOURCE_RULE, "message": ONE_SOURCE_MESSAGE},
+            ]
+        }
+    )
+
+    image: ImageSpec | None = Field(
+        default=None, description="Image of the run pods (required in the cluster)."
+    )
+    sierra_root: SierraRootSpec = Field(
+        default_factory=SierraRootSpec, description="Shared storage for --sierra-root."
+    )
+    experiments: (
+        Annotated[
+            list[ExperimentSpec],
+            Field(
+                json_schema_extra={
+                    "x-kubernetes-validations": [
+                        {"rule": UNIQUE_NAMES_RULE, "message": UNIQUE_NAMES_MESSAGE}
+                    ]
+                }
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="Inline experiments, run in this order.",
+    )
+    commands_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A SIERRA commands file, relative to sierra-root (or absolute under "
+        "mountPath): the per-batch <batch-root>/commands.txt, or a batch root whose "
+        "exp-inputs/<exp>/commands.txt hold each experiment.",
+    )
+    sierra: SierraSpec | None = Field(
+        default=None, description="Run SIERRA stage 1 in the image to make the experiments."
+    )
+    execution: ExecutionSpec = Field(
+        default_factory=ExecutionSpec, description="How experiments and runs execute."
+    )
+    prefect: PrefectSpec = Field(default_factory=PrefectSpec, description="Prefect server.")
+    suspend: bool = Field(
+        default=False, description="Start no new runs while true; running ones finish."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SierraBatchSpec:
+        """Mirror of the CRD's CEL rules, so local mode rejects what the API server would."""
+        sources = [self.experiments, self.commands_file, self.sierra]
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(ONE_SOURCE_MESSAGE)
+        if self.experiments is not None:
+            names = [e.name for e in self.experiments]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{UNIQUE_NAMES_MESSAGE}: {', '.join(dupes)} repeated")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata the batch uses; the rest is kept as is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=DNS1123_PATTERN, max_length=63, description="Batch name.")
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class SierraBatch(_Model):
+    """The whole resource as a user writes it."""
+
+    api_version: Literal["sierra.research.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["SierraBatch"]
+    metadata: ObjectMeta
+    spec: SierraBatchSpec
+    status: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------- status
+
+
+class BatchPhase(StrEnum):
+    """Where a batch is; also the first printer column."""
+
+    PENDING = "Pending"
+    BUILDING = "Building"
+    PROVISIONING = "Provisioning"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    INTERRUPTED = "Interrupted"
+
+
+TERMINAL_PHASES = frozenset({BatchPhase.SUCCEEDED, BatchPhase.FAILED})
+
+
+class ExperimentPhase(StrEnum):
+    """Where one experiment is."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(_Model):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Condition type: Valid, ImageReady, StorageReady, PoolReady, Complete.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word for machines.")
+    message: str = Field(default="", description="What happened and what to do, for people.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="spec generation this condition was computed from."
+    )
+
+
+class RunCounts(_Model):
+    """Counts of experimental runs by state."""
+
+    total: int = Field(default=0, ge=0, description="Runs planned.")
+    succeeded: int = Field(default=0, ge=0, description="Runs that succeeded.")
+    failed: int = Field(default=0, ge=0, description="Runs that failed after all retries.")
+    running: int = Field(default=0, ge=0, description="Runs submitted and not final.")
+    pending: int = Field(default=0, ge=0, description="Runs not submitted yet.")
+
+
+class ExperimentStatus(RunCounts):
+    """Progress of one experiment (counts only: per-run detail lives in Prefect)."""
+
+    name: str = Field(description="Experiment name.")
+    phase: ExperimentPhase = Field(description="Pending, Running, Succeeded or Failed.")
+
+
+class ImageStatus(_Model):
+    """The image runs use."""
+
+    ref: str = Field(description="repository:tag")
+    digest: str | None = Field(default=None, description="Pushed digest (sha256:...).")
+
+
+class BatchStatus(_Model):
+    """What the operator observed; every decision can be re-made from it."""
+
+    phase: BatchPhase = Field(default=BatchPhase.PENDING, description="Batch phase.")
+    observed_generation: int | None = Field(default=None, description="Last spec generation seen.")
+    message: str = Field(default="", description="Short human summary.")
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    image: ImageStatus | None = Field(default=None, description="Image in use.")
+    work_pool: str | None = Field(default=None, description="Prefect work pool of this batch.")
+    current_experiment: int | None = Field(
+        default=None, description="Index of the experiment now executing (0-based)."
+    )
+    current_experiment_name: str | None = Field(
+        default=None, description="Name of the experiment now executing."
+    )
+    experiments: list[ExperimentStatus] = Field(
+        default_factory=list, max_length=1000, description="Per-experiment counts."
+    )
+    runs: RunCounts = Field(default_factory=RunCounts, description="Run counts over the batch.")
+    runs_done: str = Field(default="0/0", description="Final runs / total, for printing.")
+    started_at: datetime | None = Field(default=None, description="When the first run started.")
+    finished_at: datetime | None = Field(default=None, description="When the batch ended.")
+
+
+# ------------------------------------------------------------------------ validation
+
+
+class SpecError(ValueError):
+    """A batch the user must fix; the message names every bad field and how to fix it."""
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """Dotted path with list indexes, as kubectl prints them: spec.experiments[0].runs."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-") or part in {"list[ExperimentSpec]"}:
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _describe(loc: tuple[int | str, ...]) -> str | None:
+    """The description of the field at ``loc``: what it means is the best hint at the fix."""
+    model: type[BaseModel] | None = SierraBatch
+    info = None
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        fields.update(model.model_fields)
+        info = fields.get(part)
+        if info is None:
+            return None
+        model = _submodel(info.annotation)
+    return info.description if info is not None else None
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside ``X | None`` or ``list[X]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(error: ValidationError, source: str = "") -> str:
+    """One line per problem: field path, what is wrong, the value given, what is expected."""
+    lines = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        path = _field_path(loc) or "(document)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = _field_path(loc[:-1]) or "the document"
+            msg = f"unknown field; remove it or check its spelling (fields of {parent} are camelCase)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        given = err.get("input")
+        if err["type"] not in {"missing", "extra_forbidden"} and not isinstance(given, dict | list):
+            msg += f" (got {given!r})"
+        hint = _describe(loc)
+        if hint and err["type"] != "extra_forbidden":
+            msg += f". {path.rsplit('.', 1)[-1]}: {hint}"
+        lines.append(f"{source}{path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_batch(document: Any, source: str = "") -> SierraBatch:
+    """Validate a loaded YAML/JSON document; raise :class:`SpecError` naming each bad field."""
+    if not isinstance(document, dict):
+        raise SpecError(
+            f"{source}expected a SierraBatch mapping (apiVersion, kind, metadata, spec), "
+            f"got {type(document).__name__}"
+        )
+    try:
+        return SierraBatch.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+
+
+def camel_to_words(name: str) -> str:
+    """``failurePolicy`` -> ``failure policy``, for messages."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower()

@@ -1,0 +1,46 @@
+"""Every name the project gives things on Prefect and on disk: one place, so they never drift."""
+
+from __future__ import annotations
+
+DEFAULT_LOCAL_POOL = "sierra-pool"
+DEFAULT_QUEUE = "sierra-queue"
+DEPLOYMENT_NAME = "sierra-run"
+EXPERIMENT_FLOW_NAME = "sierra-experiment"
+FLOW_ENTRYPOINT = "sierra_operator.flows.run_experiment"
+RUN_TASK_NAME = "sierra-run"
+MANAGED_BY = "sierra-operator"
+
+# Directory under a batch root (inside SIERRA's scratch/) that holds what we write:
+# per-run stdout/stderr and result records, and the batch status file.
+STATE_DIR = "scratch/sierra-operator"
+STATUS_FILE = "status.json"
+
+
+def batch_tag(batch_id: str) -> str:
+    """Prefect tag on every flow and task run of one batch."""
+    return f"sierra-batch:{batch_id}"
+
+
+def experiment_tag(experiment: str) -> str:
+    """Prefect tag naming the experiment of a flow or task run."""
+    return f"sierra-experiment:{experiment}"
+
+
+def run_tag(index: int) -> str:
+    """Prefect tag naming the run index of a task run."""
+    return f"sierra-run:{index}"
+
+
+def run_task_run_name(experiment: str, index: int, attempt: int) -> str:
+    """Task run name in Prefect's UI and logs: experiment/run index/attempt."""
+    return f"{experiment}/run{index}/attempt{attempt}"
+
+
+def wave_flow_run_name(experiment: str, first_attempt: int) -> str:
+    """Flow run name of one wave of an experiment."""
+    return f"{experiment}-try{first_attempt}"
+
+
+def pool_description(batch_id: str) -> str:
+    """Description that marks a work pool as created by (and only deletable by) this batch."""
+    return f"{MANAGED_BY}: created for batch {batch_id}; deleted when it ends"

@@ -1,0 +1,160 @@
+"""The batch plan: which experiments, in which order, with which runs (pure: text in, plan out).
+
+Three sources make the same plan:
+
+* inline ``spec.experiments``;
+* SIERRA's per-batch ``commands.txt`` (every run of every experiment, one shell command a
+  line): a line belongs to the experiment whose ``exp-inputs/<exp>/`` path it names;
+* SIERRA's per-experiment ``exp-inputs/<exp>/commands.txt`` files.
+
+Experiments are ordered as SIERRA orders them (c1-exp2 before c1-exp10), runs keep the
+order of their lines. Reading files is the caller's business (:mod:`sierra_operator.loader`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sierra_operator.model import EXPERIMENT_NAME_PATTERN, ExperimentSpec
+
+_EXP_SEGMENT = re.compile(r"exp-inputs/([^/\s'\"]+)/")
+_NAME_RE = re.compile(EXPERIMENT_NAME_PATTERN)
+
+
+class PlanError(ValueError):
+    """A commands file or experiment list that cannot become a plan; says where and why."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One experimental run: its index inside the experiment and its shell command."""
+
+    index: int
+    command: str
+
+    @property
+    def command_sha(self) -> str:
+        """Identity of the command, so a resumed batch never trusts a record of another one."""
+        return hashlib.sha256(self.command.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PlannedExperiment:
+    """An experiment: runs executed together, after the experiments before it."""
+
+    name: str
+    runs: tuple[PlannedRun, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every experiment of the batch, in execution order."""
+
+    experiments: tuple[PlannedExperiment, ...]
+
+    @property
+    def total_runs(self) -> int:
+        """How many experimental runs the batch has."""
+        return sum(len(e.runs) for e in self.experiments)
+
+    def experiment(self, name: str) -> PlannedExperiment:
+        """The experiment called ``name``."""
+        for exp in self.experiments:
+            if exp.name == name:
+                return exp
+        raise KeyError(name)
+
+
+def sierra_order_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order: numbers compare as numbers, so c1-exp2 < c1-exp10 (SIERRA's order)."""
+    return tuple(
+        (0, int(chunk)) if chunk.isdigit() else (1, chunk)
+        for chunk in re.findall(r"\d+|\D+", name)
+    )
+
+
+def plan_from_experiments(experiments: Iterable[ExperimentSpec]) -> Plan:
+    """Plan from inline experiments, kept in the order the user wrote them."""
+    return Plan(
+        tuple(
+            PlannedExperiment(
+                e.name, tuple(PlannedRun(i, r.command) for i, r in enumerate(e.runs))
+            )
+            for e in experiments
+        )
+    )
+
+
+def command_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, command) for each line that is a command: blanks and # comments skipped."""
+    out = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            out.append((number, line))
+    return out
+
+
+def _check_name(name: str, where: str) -> None:
+    if not _NAME_RE.match(name):
+        raise PlanError(
+            f"{where}: experiment name {name!r} is not usable; names are letters, digits, "
+            "'.', '_', '+', '-' (SIERRA's are like c1-exp0)"
+        )
+
+
+def plan_from_batch_commands(text: str, source: str = "commands.txt") -> Plan:
+    """Plan from SIERRA's per-batch commands file: group lines by their exp-inputs/<exp>/."""
+    groups: dict[str, list[str]] = {}
+    for number, line in command_lines(text):
+        names = set(_EXP_SEGMENT.findall(line))
+        if len(names) != 1:
+            found = "no" if not names else f"{len(names)} different ({', '.join(sorted(names))})"
+            raise PlanError(
+                f"{source} line {number}: {found} exp-inputs/<experiment>/ path in the "
+                "command, so its experiment is unknown; each line of a per-batch SIERRA "
+                "commands file names exactly one experiment's input file. Use inline "
+                "spec.experiments for other commands."
+            )
+        name = names.pop()
+        _check_name(name, f"{source} line {number}")
+        groups.setdefault(name, []).append(line)
+    if not groups:
+        raise PlanError(
+            f"{source}: no commands (only blank lines or comments); run SIERRA stage 1 first "
+            "or point commandsFile at the batch's commands.txt"
+        )
+    return _plan_from_groups(groups)
+
+
+def plan_from_experiment_commands(files: Mapping[str, str], source: str = "exp-inputs") -> Plan:
+    """Plan from per-experiment files: experiment name -> text of its commands.txt."""
+    if not files:
+        raise PlanError(
+            f"{source}: no exp-inputs/<experiment>/commands.txt found; run SIERRA stage 1 "
+            "first or point commandsFile at the batch's commands.txt"
+        )
+    groups: dict[str, list[str]] = {}
+    for name, text in files.items():
+        where = f"{source}/{name}/commands.txt"
+        _check_name(name, where)
+        lines = [line for _, line in command_lines(text)]
+        if not lines:
+            raise PlanError(f"{where}: no commands; experiment {name} would have no runs")
+        groups[name] = lines
+    return _plan_from_groups(groups)
+
+
+def _plan_from_groups(groups: Mapping[str, list[str]]) -> Plan:
+    ordered = sorted(groups, key=sierra_order_key)
+    return Plan(
+        tuple(
+            PlannedExperiment(
+                name, tuple(PlannedRun(i, cmd) for i, cmd in enumerate(groups[name]))
+            )
+            for name in ordered
+        )
+    )

@@ -1,0 +1,256 @@
+"""Prefect adapter: work pool, queue, deployment, flow runs, and run observations.
+
+Translates the machine's actions into Prefect API calls and Prefect's flow/task run states
+into :class:`~sierra_operator.machine.RunObservation` values. Holds no decisions. Talks to
+an explicit API URL (never the user's profile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterTags,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelling
+
+from sierra_operator import names
+from sierra_operator.machine import RunKey, RunObservation, RunPhase, SubmitRuns
+
+log = logging.getLogger(__name__)
+
+PAGE = 200
+FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+TASK_PHASES = {
+    StateType.COMPLETED: RunPhase.SUCCEEDED,
+    StateType.FAILED: RunPhase.FAILED,
+    StateType.CRASHED: RunPhase.FAILED,
+    StateType.CANCELLED: RunPhase.FAILED,
+    StateType.RUNNING: RunPhase.RUNNING,
+}
+
+
+class PoolConflict(RuntimeError):
+    """The work pool name is taken by a pool this batch did not create."""
+
+
+def _run_index(task_run: TaskRun) -> int | None:
+    prefix = names.run_tag(0)[:-1]
+    for tag in task_run.tags:
+        if tag.startswith(prefix):
+            return int(tag[len(prefix) :])
+    return None
+
+
+def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
+    return obj.state.type if obj.state is not None else None
+
+
+@dataclass
+class PrefectBatch:
+    """One batch's objects on one Prefect server."""
+
+    api_url: str
+    batch_id: str
+    pool: str
+    queue: str
+    pool_type: str = "process"
+    created_pool: bool = False
+    deployment_id: UUID | None = None
+    # Flow runs already final, with the observations they gave: never read again.
+    _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
+
+    def client(self) -> PrefectClient:
+        """A client bound to this batch's server, independent of any Prefect profile."""
+        return PrefectClient(api=self.api_url)
+
+    async def ensure_pool(self, base_job_template: dict[str, Any]) -> None:
+        """Create the pool and queue; refuse a same-named pool made by someone else."""
+        async with self.client() as client:
+            try:
+                existing = await client.read_work_pool(self.pool)
+            except ObjectNotFound:
+                existing = None
+            if existing is not None and existing.description != names.pool_description(
+                self.batch_id
+            ):
+                raise PoolConflict(
+                    f"work pool {self.pool!r} already exists on {self.api_url} and was not "
+                    "created by this batch; it is left untouched. Pass --pool NAME (or set "
+                    "spec.prefect.workPool) to use another name."
+                )
+            if existing is None:
+                await client.create_work_pool(
+                    WorkPoolCreate(
+                        name=self.pool,
+                        type=self.pool_type,
+                        description=names.pool_description(self.batch_id),
+                        base_job_template=base_job_template,
+                    )
+                )
+                self.created_pool = True
+            try:
+                await client.create_work_queue(name=self.queue, work_pool_name=self.pool)
+            except Exception as exc:  # already there (ObjectAlreadyExists) is fine
+                if "already exists" not in str(exc).lower():
+                    raise
+
+    async def ensure_deployment(self, working_directory: str) -> UUID:
+        """Deployment of the experiment flow, imported by module path in the run process."""
+        from sierra_operator.flows import run_experiment
+
+        async with self.client() as client:
+            flow_id = await client.create_flow(run_experiment)
+            self.deployment_id = await client.create_deployment(
+                flow_id=flow_id,
+                name=f"{names.DEPLOYMENT_NAME}-{self.batch_id}",
+                entrypoint=names.FLOW_ENTRYPOINT,
+                work_pool_name=self.pool,
+                work_queue_name=self.queue,
+                tags=[names.batch_tag(self.batch_id)],
+                # A pull step keeps `flow-run execute` from copying the cwd around, and sets
+                # where relative paths in commands resolve.
+                pull_steps=[
+                    {
+                        "prefect.deployments.steps.set_working_directory": {
+                            "directory": working_directory
+                        }
+                    }
+                ],
+                enforce_parameter_schema=False,
+            )
+        return self.deployment_id
+
+    async def submit(self, action: SubmitRuns, parameters: dict[str, Any]) -> UUID:
+        """Create the flow run of one wave; the idempotency key makes a repeat a no-op."""
+        assert self.deployment_id is not None, "ensure_deployment first"
+        key = hashlib.sha256(f"{self.batch_id}/{action.wave_key}".encode()).hexdigest()
+        first_attempt = min(r.attempt for r in action.runs)
+        async with self.client() as client:
+            run = await client.create_flow_run_from_deployment(
+                self.deployment_id,
+                parameters={
+                    **parameters,
+                    "experiment": action.experiment,
+                    "runs": [
+                        {"index": r.index, "command": r.command, "attempt": r.attempt}
+                        for r in action.runs
+                    ],
+                },
+                name=names.wave_flow_run_name(action.experiment, first_attempt),
+                tags=[names.batch_tag(self.batch_id), names.experiment_tag(action.experiment)],
+                idempotency_key=key,
+            )
+        return run.id
+
+    async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
+        out: list[FlowRun] = []
+        while True:
+            page = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(**filters), limit=PAGE, offset=len(out)
+            )
+            out.extend(page)
+            if len(page) < PAGE:
+                return out
+
+    async def _task_runs(self, client: PrefectClient, ids: list[UUID]) -> list[TaskRun]:
+        out: list[TaskRun] = []
+        while ids:
+            page = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
+                limit=PAGE,
+                offset=len(out),
+            )
+            out.extend(page)
+            if len(page) < PAGE:
+                break
+        return out
+
+    async def observe(self) -> dict[RunKey, RunObservation]:
+        """Latest attempt of every submitted run of this batch, as Prefect reports it now."""
+        async with self.client() as client:
+            flow_runs = await self._flow_runs(
+                client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
+            )
+            live = [fr for fr in flow_runs if fr.id not in self._final]
+            tasks = await self._task_runs(client, [fr.id for fr in live])
+        by_flow: dict[UUID, dict[int, TaskRun]] = {}
+        for tr in tasks:
+            index = _run_index(tr)
+            if tr.flow_run_id is not None and index is not None:
+                by_flow.setdefault(tr.flow_run_id, {})[index] = tr
+        current: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = {}
+        for fr in live:
+            current[fr.id] = self._wave_observations(fr, by_flow.get(fr.id, {}))
+            if _state_type(fr) in FINAL_STATES:
+                self._final[fr.id] = current[fr.id]
+        latest: dict[RunKey, tuple[int, RunObservation]] = {}
+        for fr in flow_runs:
+            for key, (attempt, obs) in (self._final.get(fr.id) or current.get(fr.id, {})).items():
+                if key not in latest or attempt > latest[key][0]:
+                    latest[key] = (attempt, obs)
+        return {key: obs for key, (_, obs) in latest.items()}
+
+    @staticmethod
+    def _wave_observations(
+        fr: FlowRun, tasks: dict[int, TaskRun]
+    ) -> dict[RunKey, tuple[int, RunObservation]]:
+        """Each run of one wave: its task run's state, or the flow run's if none yet."""
+        flow_state = _state_type(fr)
+        flow_final = flow_state in FINAL_STATES
+        experiment = str(fr.parameters.get("experiment"))
+        out = {}
+        for run in fr.parameters.get("runs", []):
+            index, attempt = int(run["index"]), int(run["attempt"])
+            tr = tasks.get(index)
+            phase = RunPhase.PENDING
+            if tr is not None:
+                task_state = _state_type(tr)
+                phase = TASK_PHASES.get(task_state, RunPhase.PENDING) if task_state else phase
+            if flow_final and phase in (RunPhase.PENDING, RunPhase.RUNNING):
+                phase = RunPhase.FAILED  # the flow run ended (crashed, cancelled) under it
+            out[(experiment, index)] = (attempt, RunObservation(phase, attempt))
+        return out
+
+    async def cancel_active(self, timeout: float = 30.0) -> int:
+        """Cancel this batch's unfinished flow runs and wait (bounded) until they are final."""
+        async with self.client() as client:
+            flow_runs = await self._flow_runs(
+                client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
+            )
+            live = [fr.id for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+            for run_id in live:
+                await client.set_flow_run_state(run_id, Cancelling(), force=True)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while live and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.5)
+                runs = await self._flow_runs(client, id=FlowRunFilterId(any_=live))
+                live = [fr.id for fr in runs if _state_type(fr) not in FINAL_STATES]
+        return len(live)
+
+    async def cleanup(self) -> None:
+        """Delete what this batch created on the server (never a pool it found there)."""
+        async with self.client() as client:
+            if self.deployment_id is not None:
+                try:
+                    await client.delete_deployment(self.deployment_id)
+                except ObjectNotFound:
+                    pass
+            if self.created_pool:
+                try:
+                    await client.delete_work_pool(self.pool)
+                except ObjectNotFound:
+                    pass
