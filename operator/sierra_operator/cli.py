@@ -107,7 +107,7 @@ def _local(args: argparse.Namespace, console: Console) -> int:
     try:
         result = LocalRun(loaded, opts, console, home=home).run()
     except (LocalError, PoolConflict, ServerStartError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return EXIT_INFRASTRUCTURE
     if result.failed_runs:
         console.print(
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args, console)
         return _local(args, console)
     except SpecError as exc:
-        err.print(f"[bold red]invalid batch:[/]\n{exc}", highlight=False)
+        err.print(f"[bold red]invalid batch:[/]\n{exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
 
 

@@ -155,6 +155,7 @@ def run_experiment(
 ) -> dict[str, int]:
     """Execute one wave of an experiment: ``runs`` is a list of {index, command, attempt}."""
     futures: list[PrefectFuture[int]] = []
+    runner: ThreadPoolTaskRunner[PrefectFuture[int]]
     with ThreadPoolTaskRunner(max_workers=parallelism) as runner:
         try:
             for run in runs:
@@ -168,7 +169,7 @@ def run_experiment(
                     ],
                 )
                 futures.append(
-                    runner.submit(
+                    runner.submit(  # type: ignore[arg-type]  # prefect overloads miss sync tasks
                         configured,
                         parameters={
                             "batch_root": batch_root,

@@ -42,7 +42,9 @@ def read_batch_file(path: Path) -> SierraBatch:
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{source}{where}invalid YAML: {problem}") from None
     if len(docs) != 1:
-        raise SpecError(f"{source}expected exactly one YAML document (a SierraBatch), found {len(docs)}")
+        raise SpecError(
+            f"{source}expected exactly one YAML document (a SierraBatch), found {len(docs)}"
+        )
     return parse_batch(docs[0], source)
 
 

@@ -278,4 +278,3 @@ def run_local(
 ) -> LocalResult:
     """Run a loaded batch in local mode."""
     return LocalRun(loaded, opts, console or Console()).run()
-

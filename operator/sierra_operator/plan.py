@@ -71,8 +71,7 @@ class Plan:
 def sierra_order_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Natural order: numbers compare as numbers, so c1-exp2 < c1-exp10 (SIERRA's order)."""
     return tuple(
-        (0, int(chunk)) if chunk.isdigit() else (1, chunk)
-        for chunk in re.findall(r"\d+|\D+", name)
+        (0, int(chunk)) if chunk.isdigit() else (1, chunk) for chunk in re.findall(r"\d+|\D+", name)
     )
 
 
@@ -80,9 +79,7 @@ def plan_from_experiments(experiments: Iterable[ExperimentSpec]) -> Plan:
     """Plan from inline experiments, kept in the order the user wrote them."""
     return Plan(
         tuple(
-            PlannedExperiment(
-                e.name, tuple(PlannedRun(i, r.command) for i, r in enumerate(e.runs))
-            )
+            PlannedExperiment(e.name, tuple(PlannedRun(i, r.command) for i, r in enumerate(e.runs)))
             for e in experiments
         )
     )
@@ -152,9 +149,7 @@ def _plan_from_groups(groups: Mapping[str, list[str]]) -> Plan:
     ordered = sorted(groups, key=sierra_order_key)
     return Plan(
         tuple(
-            PlannedExperiment(
-                name, tuple(PlannedRun(i, cmd) for i, cmd in enumerate(groups[name]))
-            )
+            PlannedExperiment(name, tuple(PlannedRun(i, cmd) for i, cmd in enumerate(groups[name])))
             for name in ordered
         )
     )
