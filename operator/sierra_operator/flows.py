@@ -168,20 +168,17 @@ def run_experiment(
                         names.run_tag(index),
                     ],
                 )
-                futures.append(
-                    runner.submit(  # type: ignore[arg-type]  # prefect overloads miss sync tasks
-                        configured,
-                        parameters={
-                            "batch_root": batch_root,
-                            "workdir": workdir,
-                            "experiment": experiment,
-                            "index": index,
-                            "command": run["command"],
-                            "attempt": attempt,
-                            "timeout_seconds": timeout_seconds,
-                        },
-                    )
-                )
+                parameters = {
+                    "batch_root": batch_root,
+                    "workdir": workdir,
+                    "experiment": experiment,
+                    "index": index,
+                    "command": run["command"],
+                    "attempt": attempt,
+                    "timeout_seconds": timeout_seconds,
+                }
+                # prefect's overloads of submit() only type async tasks
+                futures.append(runner.submit(configured, parameters))  # type: ignore[arg-type]
             wait(futures)
         finally:
             # A cancelled or interrupted flow run must not leave run processes behind.

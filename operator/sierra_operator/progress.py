@@ -64,7 +64,7 @@ class ProgressView:
 
     def note(self, message: str) -> None:
         """A line above the bar (server started, workers up...)."""
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         """Stop redrawing the bar."""
