@@ -21,7 +21,10 @@ def main() -> int:
     parser.add_argument("--robots", type=int, default=4)
     parser.add_argument("--out", default=os.environ.get("SIERRA_RUN_OUTPUT", "."))
     parser.add_argument("--fail", action="store_true", help="exit 3, as a broken run would")
+    parser.add_argument("--config", help="input file SIERRA generated (read if it exists)")
     args = parser.parse_args()
+    if args.config and Path(args.config).exists():
+        args.robots = int(json.loads(Path(args.config).read_text()).get("robots", args.robots))
     rng = random.Random(args.seed)
     started = time.time()
     collected = 0

@@ -115,6 +115,12 @@ def _local(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
         )
     console.print(f"status: {result.status_file}", highlight=False)
+    if result.timings:
+        console.print(
+            "timings: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in result.timings.items()),
+            highlight=False,
+            soft_wrap=True,
+        )
     return result.exit_code
 
 

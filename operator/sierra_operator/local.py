@@ -55,7 +55,7 @@ class LocalOptions:
     workers: int | None = None
     resume: bool = False
     server_timeout: float = 300.0
-    poll_interval: float = 0.5
+    poll_interval: float = 0.25
 
 
 @dataclass
@@ -244,7 +244,9 @@ class LocalRun:
             if resumed:
                 view.note(f"--resume: {len(resumed)} run(s) already succeeded, not re-run")
             api_url = self.start_prefect(view)
+            t0 = time.monotonic()
             self.provision(api_url)
+            self.timings["provisioning"] = time.monotonic() - t0
             t0 = time.monotonic()
             while True:
                 decision = self.tick(resumed)
@@ -253,7 +255,7 @@ class LocalRun:
                     break
                 self.check_workers()
                 time.sleep(self.opts.poll_interval)
-            self.timings["execute"] = time.monotonic() - t0
+            self.timings["execution"] = time.monotonic() - t0
         except KeyboardInterrupt:
             view.close()
             self.console.print("interrupted: cancelling runs and stopping what local mode started")
