@@ -84,17 +84,26 @@ def main() -> None:
             f"  execution: {{parallelism: {args.parallelism}}}\n"
         )
         total, proc = timed(
-            [sys.executable, "-m", "sierra_operator.cli", "local", str(batch),
-             "--sierra-root", str(root)],
+            [
+                sys.executable,
+                "-m",
+                "sierra_operator.cli",
+                "local",
+                str(batch),
+                "--sierra-root",
+                str(root),
+            ],
             timeout=900,
         )
         found = dict(re.findall(r"(server start|provisioning|execution) ([0-9.]+)s", proc.stdout))
         server = float(found["server start"])
         without_server = total - server
         date = time.strftime("%Y-%m-%d")
-        print("| date | runs | GNU parallel (all / per exp) | sierra-operator local "
-              "(total / excl. server / execution) | ratio excl. server (vs all / per exp) "
-              "| ratio incl. server |")
+        print(
+            "| date | runs | GNU parallel (all / per exp) | sierra-operator local "
+            "(total / excl. server / execution) | ratio excl. server (vs all / per exp) "
+            "| ratio incl. server |"
+        )
         print(
             f"| {date} | 12 | {gnu_all:.1f} s / {gnu_serial:.1f} s | {total:.1f} s / "
             f"{without_server:.1f} s / {float(found['execution']):.1f} s | "

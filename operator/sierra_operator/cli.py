@@ -116,8 +116,9 @@ def _local(args: argparse.Namespace, console: Console) -> int:
         )
     console.print(f"status: {result.status_file}", highlight=False)
     if result.timings:
+        spent = (f"{k.replace('_', ' ')} {v:.1f}s" for k, v in result.timings.items())
         console.print(
-            "timings: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in result.timings.items()),
+            "timings: " + ", ".join(spent),
             highlight=False,
             soft_wrap=True,
         )
