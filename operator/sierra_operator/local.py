@@ -256,6 +256,9 @@ class LocalRun:
                 self.check_workers()
                 time.sleep(self.opts.poll_interval)
             self.timings["execution"] = time.monotonic() - t0
+            # Runs are final; let their flow runs report themselves before workers stop.
+            if self.prefect is not None:
+                self._await(self.prefect.wait_idle())
         except KeyboardInterrupt:
             view.close()
             self.console.print("interrupted: cancelling runs and stopping what local mode started")

@@ -225,21 +225,32 @@ class PrefectBatch:
             out[(experiment, index)] = (attempt, RunObservation(phase, attempt))
         return out
 
+    async def _live_ids(self, client: PrefectClient) -> list[UUID]:
+        flow_runs = await self._flow_runs(
+            client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
+        )
+        return [fr.id for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+
+    async def _wait_final(self, client: PrefectClient, live: list[UUID], timeout: float) -> int:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while live and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.25)
+            runs = await self._flow_runs(client, id=FlowRunFilterId(any_=live))
+            live = [fr.id for fr in runs if _state_type(fr) not in FINAL_STATES]
+        return len(live)
+
+    async def wait_idle(self, timeout: float = 30.0) -> int:
+        """Wait (bounded) for flow runs to finish on their own, e.g. before stopping workers."""
+        async with self.client() as client:
+            return await self._wait_final(client, await self._live_ids(client), timeout)
+
     async def cancel_active(self, timeout: float = 30.0) -> int:
         """Cancel this batch's unfinished flow runs and wait (bounded) until they are final."""
         async with self.client() as client:
-            flow_runs = await self._flow_runs(
-                client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
-            )
-            live = [fr.id for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+            live = await self._live_ids(client)
             for run_id in live:
                 await client.set_flow_run_state(run_id, Cancelling(), force=True)
-            deadline = asyncio.get_running_loop().time() + timeout
-            while live and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.5)
-                runs = await self._flow_runs(client, id=FlowRunFilterId(any_=live))
-                live = [fr.id for fr in runs if _state_type(fr) not in FINAL_STATES]
-        return len(live)
+            return await self._wait_final(client, live, timeout)
 
     async def cleanup(self) -> None:
         """Delete what this batch created on the server (never a pool it found there)."""

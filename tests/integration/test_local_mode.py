@@ -54,6 +54,20 @@ def test_three_experiments_serial_runs_parallel_bounded(tmp_path, prefect_api_ur
     assert st["runs"] == {"total": 12, "succeeded": 12, "failed": 0, "running": 0, "pending": 0}
     assert [e["phase"] for e in st["experiments"]] == ["Succeeded"] * 3
     assert "Batch Succeeded" in proc.stdout
+    states = _flow_run_states(prefect_api_url, broot)
+    assert states == ["COMPLETED"] * 3, "one flow run per experiment, each ended cleanly"
+
+
+def _flow_run_states(api_url: str, batch_root: Path) -> list[str]:
+    from prefect.client.orchestration import PrefectClient
+
+    async def read() -> list[str]:
+        async with PrefectClient(api=api_url) as client:
+            runs = await client.read_flow_runs(limit=200)
+            mine = [r for r in runs if r.parameters.get("batch_root") == str(batch_root)]
+            return [r.state.type.value for r in mine if r.state is not None]
+
+    return asyncio.run(read())
 
 
 def _prefect_logs(api_url: str) -> str:
