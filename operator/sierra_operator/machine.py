@@ -47,9 +47,6 @@ class RunPhase(StrEnum):
     FAILED = "Failed"  # failed, crashed or cancelled
 
 
-ACTIVE_RUN_PHASES = frozenset({RunPhase.PENDING, RunPhase.RUNNING})
-
-
 @dataclass(frozen=True)
 class RunObservation:
     """The latest attempt of a run and how many attempts have been submitted so far."""
@@ -108,7 +105,8 @@ class Decision:
 
 class _RunClass(StrEnum):
     UNSUBMITTED = "unsubmitted"
-    ACTIVE = "active"
+    QUEUED = "queued"  # submitted, not executing yet (counted as pending)
+    RUNNING = "running"
     RETRYABLE = "retryable"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -117,8 +115,10 @@ class _RunClass(StrEnum):
 def _classify(obs: RunObservation | None, max_attempts: int) -> _RunClass:
     if obs is None:
         return _RunClass.UNSUBMITTED
-    if obs.phase in ACTIVE_RUN_PHASES:
-        return _RunClass.ACTIVE
+    if obs.phase is RunPhase.PENDING:
+        return _RunClass.QUEUED
+    if obs.phase is RunPhase.RUNNING:
+        return _RunClass.RUNNING
     if obs.phase is RunPhase.SUCCEEDED:
         return _RunClass.SUCCEEDED
     return _RunClass.RETRYABLE if obs.attempts < max_attempts else _RunClass.FAILED
@@ -138,7 +138,7 @@ class _ExperimentView:
 
     @property
     def active(self) -> bool:
-        return _RunClass.ACTIVE in self.classes
+        return _RunClass.QUEUED in self.classes or _RunClass.RUNNING in self.classes
 
     @property
     def started(self) -> bool:
@@ -151,7 +151,7 @@ class _ExperimentView:
         return ExperimentPhase.RUNNING if self.started else ExperimentPhase.PENDING
 
     def status(self) -> ExperimentStatus:
-        running = self.count(_RunClass.ACTIVE)
+        running = self.count(_RunClass.RUNNING)
         succeeded = self.count(_RunClass.SUCCEEDED)
         failed = self.count(_RunClass.FAILED)
         return ExperimentStatus(

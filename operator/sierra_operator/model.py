@@ -373,8 +373,12 @@ class RunCounts(_Model):
     total: int = Field(default=0, ge=0, description="Runs planned.")
     succeeded: int = Field(default=0, ge=0, description="Runs that succeeded.")
     failed: int = Field(default=0, ge=0, description="Runs that failed after all retries.")
-    running: int = Field(default=0, ge=0, description="Runs submitted and not final.")
-    pending: int = Field(default=0, ge=0, description="Runs not submitted yet.")
+    running: int = Field(default=0, ge=0, description="Runs executing now.")
+    pending: int = Field(
+        default=0,
+        ge=0,
+        description="Runs not executing yet: not submitted, queued, or waiting for a retry.",
+    )
 
 
 class ExperimentStatus(RunCounts):

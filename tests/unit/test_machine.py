@@ -65,6 +65,17 @@ def test_nothing_new_while_the_current_experiment_is_active():
     assert d.status.experiments[1].phase is ExperimentPhase.PENDING
 
 
+def test_submitted_but_not_started_runs_count_as_pending_not_running():
+    obs = {
+        ("c1-exp0", 0): RunObservation(RunPhase.RUNNING),
+        ("c1-exp0", 1): RunObservation(RunPhase.PENDING),
+        ("c1-exp0", 2): RunObservation(RunPhase.PENDING),
+    }
+    d = decide(exec_spec(parallelism=1), make_plan(3), obs, BatchStatus(), T0)
+    assert d.actions == (), "queued runs are active: no second wave"
+    assert (d.status.runs.running, d.status.runs.pending) == (1, 2)
+
+
 def test_next_experiment_starts_only_when_previous_is_final():
     obs = all_of("c1-exp0", 2, RunPhase.SUCCEEDED)
     d = decide(exec_spec(), make_plan(2, 3), obs, BatchStatus(), T0)
