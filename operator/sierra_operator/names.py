@@ -44,3 +44,23 @@ def wave_flow_run_name(experiment: str, first_attempt: int) -> str:
 def pool_description(batch_id: str) -> str:
     """Description that marks a work pool as created by (and only deletable by) this batch."""
     return f"{MANAGED_BY}: created for batch {batch_id}; deleted when it ends"
+
+
+# ----------------------------------------------------------------------------- Kubernetes
+
+BATCH_LABEL = "sierra.research.io/batch"
+
+
+def worker_name(batch: str) -> str:
+    """ServiceAccount, Role, RoleBinding and Deployment of a batch's Prefect workers."""
+    return f"{batch}-worker"
+
+
+def sierra_root_claim(batch: str) -> str:
+    """PVC the operator creates for a batch's sierra-root."""
+    return f"{batch}-sierra-root"
+
+
+def cluster_pool(namespace: str, batch: str) -> str:
+    """Work pool of one batch in the cluster: unique per namespace/name (many users, one server)."""
+    return f"sierra-{namespace}-{batch}"[:100]
