@@ -9,12 +9,25 @@ resources, TTL), so deployments and flow runs can still override through job var
 from __future__ import annotations
 
 import copy
+import json
+from importlib import resources
 from typing import Any
 
 from sierra_operator.model import SierraBatchSpec
 
 SIERRA_ROOT_VOLUME = "sierra-root"
 FINISHED_JOB_TTL_SECONDS = 3600
+
+
+def default_kubernetes_template() -> dict[str, Any]:
+    """prefect-kubernetes' default base job template (pinned copy, checked by a test).
+
+    A copy, because importing ``prefect_kubernetes.worker`` registers its kopf observer in
+    kopf's global registry, which would then run inside our operator process.
+    """
+    text = resources.files("sierra_operator").joinpath("data/kubernetes_base_job_template.json")
+    template: dict[str, Any] = json.loads(text.read_text())
+    return template
 
 
 def _set_default(variables: dict[str, Any], name: str, value: Any) -> None:

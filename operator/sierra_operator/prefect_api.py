@@ -68,7 +68,7 @@ class PrefectBatch:
     pool: str
     queue: str
     pool_type: str = "process"
-    created_pool: bool = False
+    concurrency_limit: int | None = None
     deployment_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
@@ -99,14 +99,29 @@ class PrefectBatch:
                         type=self.pool_type,
                         description=names.pool_description(self.batch_id),
                         base_job_template=base_job_template,
+                        concurrency_limit=self.concurrency_limit,
                     )
                 )
-                self.created_pool = True
             try:
                 await client.create_work_queue(name=self.queue, work_pool_name=self.pool)
             except Exception as exc:  # already there (ObjectAlreadyExists) is fine
                 if "already exists" not in str(exc).lower():
                     raise
+
+    @property
+    def deployment_name(self) -> str:
+        """This batch's deployment of the experiment flow."""
+        return f"{names.DEPLOYMENT_NAME}-{self.batch_id}"
+
+    async def resolve_deployment(self) -> UUID:
+        """The deployment id, looked up by name (after an operator restart)."""
+        if self.deployment_id is None:
+            async with self.client() as client:
+                found = await client.read_deployment_by_name(
+                    f"{names.EXPERIMENT_FLOW_NAME}/{self.deployment_name}"
+                )
+            self.deployment_id = found.id
+        return self.deployment_id
 
     async def ensure_deployment(self, working_directory: str) -> UUID:
         """Deployment of the experiment flow, imported by module path in the run process."""
@@ -116,7 +131,7 @@ class PrefectBatch:
             flow_id = await client.create_flow(run_experiment)
             self.deployment_id = await client.create_deployment(
                 flow_id=flow_id,
-                name=f"{names.DEPLOYMENT_NAME}-{self.batch_id}",
+                name=self.deployment_name,
                 entrypoint=names.FLOW_ENTRYPOINT,
                 work_pool_name=self.pool,
                 work_queue_name=self.queue,
@@ -155,6 +170,38 @@ class PrefectBatch:
                 idempotency_key=key,
             )
         return run.id
+
+    async def submit_each(self, action: SubmitRuns, parameters: dict[str, Any]) -> list[UUID]:
+        """One flow run per run of the wave (cluster: each run is its own Job/pod).
+
+        Idempotency keys name batch, experiment, run and attempt, so a restarted operator
+        that re-decides the same wave creates nothing twice.
+        """
+        deployment_id = await self.resolve_deployment()
+        ids = []
+        async with self.client() as client:
+            for run in action.runs:
+                key = f"{self.batch_id}/{action.experiment}/{run.index}/{run.attempt}"
+                created = await client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={
+                        **parameters,
+                        "experiment": action.experiment,
+                        "runs": [
+                            {"index": run.index, "command": run.command, "attempt": run.attempt}
+                        ],
+                        "parallelism": 1,
+                    },
+                    name=f"{action.experiment}-run{run.index}-try{run.attempt}",
+                    tags=[
+                        names.batch_tag(self.batch_id),
+                        names.experiment_tag(action.experiment),
+                        names.run_tag(run.index),
+                    ],
+                    idempotency_key=key,
+                )
+                ids.append(created.id)
+        return ids
 
     async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
         out: list[FlowRun] = []
@@ -253,15 +300,18 @@ class PrefectBatch:
             return await self._wait_final(client, live, timeout)
 
     async def cleanup(self) -> None:
-        """Delete what this batch created on the server (never a pool it found there)."""
+        """Delete this batch's deployment and pool; a pool someone else made is left alone."""
         async with self.client() as client:
-            if self.deployment_id is not None:
-                try:
-                    await client.delete_deployment(self.deployment_id)
-                except ObjectNotFound:
-                    pass
-            if self.created_pool:
-                try:
-                    await client.delete_work_pool(self.pool)
-                except ObjectNotFound:
-                    pass
+            try:
+                deployment = await client.read_deployment_by_name(
+                    f"{names.EXPERIMENT_FLOW_NAME}/{self.deployment_name}"
+                )
+                await client.delete_deployment(deployment.id)
+            except ObjectNotFound:
+                pass
+            try:
+                pool = await client.read_work_pool(self.pool)
+            except ObjectNotFound:
+                return
+            if pool.description == names.pool_description(self.batch_id):
+                await client.delete_work_pool(self.pool)

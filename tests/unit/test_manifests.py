@@ -11,7 +11,7 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 from prefect_kubernetes.worker import KubernetesWorker
 
-from sierra_operator.job_template import render_base_job_template
+from sierra_operator.job_template import default_kubernetes_template, render_base_job_template
 from sierra_operator.manifests import (
     WORKER_RULES,
     BatchRef,
@@ -141,8 +141,12 @@ def test_worker_deployment_runs_a_kubernetes_worker_for_the_pool_with_probes():
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_pinned_default_template_is_prefect_kubernetes_own():
+    assert default_kubernetes_template() == KubernetesWorker.get_default_base_job_template()
+
+
 def test_base_job_template_mounts_sierra_root_and_sets_defaults():
-    default = KubernetesWorker.get_default_base_job_template()
+    default = default_kubernetes_template()
     s = spec(
         sierraRoot={"mountPath": "/data/sierra"},
         image={"repository": "r/x", "pushSecret": "regcred"},

@@ -1,0 +1,73 @@
+"""kopf handlers: thin wiring from the Kubernetes watch to :mod:`sierra_operator.reconciler`.
+
+Run with ``sierra-operator run`` (or ``kopf run -m sierra_operator.handlers``). Progress and
+diff-base live in annotations, so the status subresource holds only the batch's status.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client, config
+
+from sierra_operator.crd import PLURAL
+from sierra_operator.model import GROUP, VERSION
+from sierra_operator.reconciler import finalize, reconcile, status_patch
+from sierra_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings.from_env()
+ANNOTATION_PREFIX = GROUP
+FINALIZER = f"{GROUP}/finalizer"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """kopf storage in annotations, our finalizer, and one Kubernetes client for all batches."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.posting.level = logging.WARNING
+    logging.getLogger().setLevel(SETTINGS.log_level)
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config()
+    memo.kube_api = client.ApiClient()
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Close the Kubernetes client."""
+    if getattr(memo, "kube_api", None) is not None:
+        await memo.kube_api.close()
+
+
+def _post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
+    for type_, reason, message in events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.reconcile_seconds, initial_delay=0.1)
+async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Reconcile one batch; one status patch per tick, only when something changed."""
+    try:
+        outcome = await reconcile(body, SETTINGS, memo.kube_api, datetime.now(UTC))
+    except (OSError, client.exceptions.ApiException) as exc:
+        raise kopf.TemporaryError(f"retrying: {exc}", delay=5) from exc
+    new = status_patch(outcome.status)
+    if new != dict(body.get("status") or {}):
+        patch.status.update(new)
+    _post(body, outcome.events)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete(body: kopf.Body, **_: Any) -> None:
+    """Cancel runs and remove the Prefect pool; children go by ownerReference."""
+    _post(body, await finalize(body, SETTINGS))

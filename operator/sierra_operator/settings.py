@@ -1,0 +1,45 @@
+"""Operator settings, from environment variables (documented in the README and the chart).
+
+- ``SIERRA_OPERATOR_PREFECT_API_URL`` (or ``PREFECT_API_URL``): Prefect API for batches
+  without ``spec.prefect.apiUrl``; none by default (such batches get a condition).
+- ``SIERRA_OPERATOR_WORKER_IMAGE``: image of the Prefect worker pods (has prefect-kubernetes).
+- ``SIERRA_OPERATOR_RECONCILE_SECONDS``: how often each batch is reconciled (2).
+- ``SIERRA_OPERATOR_LOG_LEVEL``: operator log level (INFO).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+from sierra_operator import __version__
+
+DEFAULT_WORKER_IMAGE = f"ghcr.io/sierra-research/sierra-operator:{__version__}"
+
+
+class OperatorSettings(BaseModel):
+    """What the operator process is configured with."""
+
+    prefect_api_url: str | None = Field(
+        default=None, description="Default Prefect API URL for batches that name none."
+    )
+    worker_image: str = Field(default=DEFAULT_WORKER_IMAGE, description="Worker pod image.")
+    reconcile_seconds: float = Field(default=2.0, gt=0, description="Reconcile interval.")
+    log_level: str = Field(default="INFO", description="Log level.")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        """Read the documented variables; unknown ones are ignored."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        url = env.get("SIERRA_OPERATOR_PREFECT_API_URL") or env.get("PREFECT_API_URL")
+        if url:
+            values["prefect_api_url"] = url
+        if env.get("SIERRA_OPERATOR_WORKER_IMAGE"):
+            values["worker_image"] = env["SIERRA_OPERATOR_WORKER_IMAGE"]
+        if env.get("SIERRA_OPERATOR_RECONCILE_SECONDS"):
+            values["reconcile_seconds"] = float(env["SIERRA_OPERATOR_RECONCILE_SECONDS"])
+        if env.get("SIERRA_OPERATOR_LOG_LEVEL"):
+            values["log_level"] = env["SIERRA_OPERATOR_LOG_LEVEL"]
+        return cls.model_validate(values)
