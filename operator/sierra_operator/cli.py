@@ -58,6 +58,24 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the Prefect server to answer (default: 300)",
     )
 
+    run = sub.add_parser(
+        "run",
+        help="run the Kubernetes operator (kopf; same as `kopf run -m sierra_operator.handlers`)",
+        description="Reconcile SierraBatch resources. Settings come from SIERRA_OPERATOR_* "
+        "environment variables (see the README).",
+    )
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch this namespace (repeatable; default SIERRA_OPERATOR_NAMESPACES, else all)",
+    )
+    run.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="kopf's liveness endpoint (default: http://0.0.0.0:8080/healthz)",
+    )
+
     validate = sub.add_parser("validate", help="check a SierraBatch file and print its plan")
     validate.add_argument("batch", type=Path)
     validate.add_argument("--sierra-root", type=Path, default=Path("sierra-root"))
@@ -74,6 +92,26 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{args.batch}: valid; batch root {loaded.batch_root}")
     for exp in loaded.plan.experiments:
         console.print(f"  {exp.name}: {len(exp.runs)} run(s)", highlight=False)
+    return 0
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import kopf
+
+    from sierra_operator import handlers
+
+    namespaces = args.namespace or handlers.SETTINGS.namespaces
+    kopf.configure(verbose=handlers.SETTINGS.log_level == "DEBUG")
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=args.liveness,
+        )
+    )
     return 0
 
 
@@ -143,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "validate":
             return _validate(args, console)
+        if args.command == "run":
+            return _run_operator(args)
         return _local(args, console)
     except SpecError as exc:
         err.print(f"[bold red]invalid batch:[/]\n{exc}", highlight=False, soft_wrap=True)

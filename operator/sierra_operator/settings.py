@@ -5,6 +5,7 @@
 - ``SIERRA_OPERATOR_WORKER_IMAGE``: image of the Prefect worker pods (has prefect-kubernetes).
 - ``SIERRA_OPERATOR_RECONCILE_SECONDS``: how often each batch is reconciled (2).
 - ``SIERRA_OPERATOR_LOG_LEVEL``: operator log level (INFO).
+- ``SIERRA_OPERATOR_NAMESPACES``: comma-separated namespaces to watch (default: all).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class OperatorSettings(BaseModel):
     worker_image: str = Field(default=DEFAULT_WORKER_IMAGE, description="Worker pod image.")
     reconcile_seconds: float = Field(default=2.0, gt=0, description="Reconcile interval.")
     log_level: str = Field(default="INFO", description="Log level.")
+    namespaces: list[str] = Field(default_factory=list, description="Watched; empty: all.")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -40,6 +42,10 @@ class OperatorSettings(BaseModel):
             values["worker_image"] = env["SIERRA_OPERATOR_WORKER_IMAGE"]
         if env.get("SIERRA_OPERATOR_RECONCILE_SECONDS"):
             values["reconcile_seconds"] = float(env["SIERRA_OPERATOR_RECONCILE_SECONDS"])
+        if env.get("SIERRA_OPERATOR_NAMESPACES"):
+            values["namespaces"] = [
+                ns.strip() for ns in env["SIERRA_OPERATOR_NAMESPACES"].split(",") if ns.strip()
+            ]
         if env.get("SIERRA_OPERATOR_LOG_LEVEL"):
             values["log_level"] = env["SIERRA_OPERATOR_LOG_LEVEL"]
         return cls.model_validate(values)

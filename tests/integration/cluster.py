@@ -67,6 +67,14 @@ class KubeAPI:
         resp.raise_for_status()
         return dict(resp.json())
 
+    def patch_batch(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        with self.http() as http:
+            http.patch(
+                f"{BATCHES}/namespaces/{namespace}/sierrabatches/{name}",
+                json=patch,
+                headers={"content-type": "application/merge-patch+json"},
+            ).raise_for_status()
+
     def delete_batch(self, namespace: str, name: str) -> None:
         with self.http() as http:
             http.delete(f"{BATCHES}/namespaces/{namespace}/sierrabatches/{name}").raise_for_status()
@@ -119,8 +127,10 @@ class Operator:
     prefect_api_url: str
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    liveness_port: int = field(default_factory=free_port)
 
-    def start(self) -> Operator:
+    def start(self, via_kopf: bool = False) -> Operator:
+        """`sierra-operator run`, or the same handlers through `kopf run` (both supported)."""
         env = dict(
             os.environ,
             KUBECONFIG=str(self.kube.kubeconfig),

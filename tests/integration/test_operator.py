@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,7 +228,7 @@ def test_operator_killed_mid_experiment_runs_everything_exactly_once(
         "c1-exp1 to start",
     )
     operator.kill()
-    operator.start()
+    operator.start(via_kopf=True)
     wait_for(lambda: kube.phase("lab-b", "phoenix") == "Succeeded", 300, "lab-b/phoenix to succeed")
     ends = [(e.experiment, e.run) for e in events(mount / "phoenix") if e.kind == "end"]
     assert sorted(ends) == sorted(set(ends)) and len(ends) == 6, ends
@@ -252,3 +253,36 @@ def test_delete_mid_batch_cancels_runs_keeps_data(
     )
     assert not any(e.experiment == "c1-exp1" for e in events(mount / "doomed"))
     wait_for(lambda: jobs.running() == 0, 60, "the runs' Jobs to stop")
+
+
+def test_suspend_starts_nothing_until_resumed(kube, jobs, operator, workers, tmp_module):
+    mount = tmp_module / "root-suspend"
+    doc = batch_doc("sleeper", mount, [[probe(0.3)] * 2, [probe(0.3)]], parallelism=2)
+    doc["spec"]["suspend"] = True
+    kube.create_batch("lab-a", doc)
+    workers.start_from_deployment("lab-a", "sleeper-worker")
+    wait_for(lambda: kube.phase("lab-a", "sleeper") == "Suspended", 60, "Suspended")
+    time.sleep(5)
+    assert events(mount / "sleeper") == [], "nothing runs while suspended"
+    kube.patch_batch("lab-a", "sleeper", {"spec": {"suspend": False}})
+    wait_for(lambda: kube.phase("lab-a", "sleeper") == "Succeeded", 240, "sleeper to succeed")
+    assert len(intervals(events(mount / "sleeper"))) == 3
+
+
+def test_failing_run_is_retried_then_stops_the_batch(kube, jobs, operator, workers, tmp_module):
+    mount = tmp_module / "root-flaky"
+    doc = batch_doc("flaky", mount, [[probe(0.2), probe(0.2, fail=True)], [probe(0.2)]], retries=1)
+    kube.create_batch("lab-b", doc)
+    workers.start_from_deployment("lab-b", "flaky-worker")
+    wait_for(lambda: kube.phase("lab-b", "flaky") == "Failed", 240, "flaky to fail")
+    evs = events(mount / "flaky")
+    tries = sorted(
+        e.attempt for e in evs if e.kind == "end" and (e.experiment, e.run) == ("c1-exp0", 1)
+    )
+    assert tries == [1, 2], "retries: 1 -> a second attempt, as its own flow run"
+    assert not any(e.experiment == "c1-exp1" for e in evs), "StopBatch: c1-exp1 never starts"
+    obj = kube.batch("lab-b", "flaky")
+    assert "c1-exp0/run1" in obj["status"]["message"]
+    assert obj["status"]["runs"]["failed"] == 1
+    warned = [e for e in kube.events("lab-b") if e.get("reason") == "Failed"]
+    assert warned and warned[0]["type"] == "Warning"
