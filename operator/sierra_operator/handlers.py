@@ -40,6 +40,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     except config.ConfigException:
         await config.load_kube_config()
     memo.kube_api = client.ApiClient()
+    memo.prefect_batches = {}
 
 
 @kopf.on.cleanup()
@@ -58,7 +59,9 @@ def _post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
 async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile one batch; one status patch per tick, only when something changed."""
     try:
-        outcome = await reconcile(body, SETTINGS, memo.kube_api, datetime.now(UTC))
+        outcome = await reconcile(
+            body, SETTINGS, memo.kube_api, datetime.now(UTC), memo.prefect_batches
+        )
     except (OSError, client.exceptions.ApiException) as exc:
         raise kopf.TemporaryError(f"retrying: {exc}", delay=5) from exc
     new = status_patch(outcome.status)
@@ -68,6 +71,9 @@ async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) ->
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def delete(body: kopf.Body, **_: Any) -> None:
+async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Cancel runs and remove the Prefect pool; children go by ownerReference."""
     _post(body, await finalize(body, SETTINGS))
+    uid = body.get("metadata", {}).get("uid")
+    for key in [k for k in memo.prefect_batches if k[0] == uid]:
+        del memo.prefect_batches[key]

@@ -103,8 +103,13 @@ async def reconcile(
     settings: OperatorSettings,
     kube_api: ApiClient,
     now: datetime,
+    cache: dict[tuple[str, str, str], PrefectBatch] | None = None,
 ) -> Outcome:
-    """Bring one batch one step closer to done; returns the status to store."""
+    """Bring one batch one step closer to done; returns the status to store.
+
+    ``cache`` keeps each batch's :class:`PrefectBatch` between reconciles so flow runs
+    already final are not read again (an optimisation only: an empty cache is correct).
+    """
     meta = body.get("metadata", {})
     namespace, uid = meta["namespace"], meta["uid"]
     previous = read_status(body.get("status"))
@@ -154,11 +159,14 @@ async def reconcile(
 
     ref = BatchRef(batch.metadata.name, namespace, uid)
     prefect = batch_prefect(batch, namespace, uid, api_url)
+    if cache is not None:
+        prefect = cache.setdefault((uid, api_url, prefect.pool), prefect)
     image = f"{spec.image.repository}:{spec.image.tag}"
     worker = names.worker_name(ref.name)
 
     if previous.phase in TERMINAL_PHASES:
-        await kube.scale_workers(kube_api, namespace, worker, 0)
+        # Final: workers were scaled to 0 in the reconcile that reached this phase (and the
+        # phase was only stored after that succeeded). A finished batch is not restarted.
         return Outcome(status)
 
     events: list[tuple[str, str, str]] = []
