@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import jsonpatch
 import kmock
 from kmock._internal import enums, rendering
 
@@ -100,7 +101,12 @@ class Apiserver(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> Any:
         self._fix(request)
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            # A real API server answers a failed JSON-patch `test` (stale resourceVersion)
+            # with 422 Invalid, which clients treat as a conflict, not a server fault.
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
 
     @staticmethod
     def _set(request: rendering.Request, **changes: Any) -> None:

@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Cancelling
 
 from sierra_operator import names
@@ -104,9 +104,8 @@ class PrefectBatch:
                 )
             try:
                 await client.create_work_queue(name=self.queue, work_pool_name=self.pool)
-            except Exception as exc:  # already there (ObjectAlreadyExists) is fine
-                if "already exists" not in str(exc).lower():
-                    raise
+            except ObjectAlreadyExists:
+                pass  # made by an earlier reconcile whose status patch did not land
 
     @property
     def deployment_name(self) -> str:

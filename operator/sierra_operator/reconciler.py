@@ -175,14 +175,23 @@ async def reconcile(
             update={"phase": BatchPhase.PROVISIONING, "work_pool": prefect.pool}
         )
     created = []
-    for manifest in render_children(
-        ref,
-        spec,
-        pool=prefect.pool,
-        queue=prefect.queue,
-        api_url=api_url,
-        worker_image=settings.worker_image,
-        replicas=spec.execution.workers,
+    # Children are checked (GET each) when the spec is new or changed, not on every tick:
+    # the tick rate then costs Prefect reads only.
+    provisioned = previous.observed_generation == meta.get("generation") and any(
+        c.type == "StorageReady" and c.status == "True" for c in previous.conditions
+    )
+    for manifest in (
+        []
+        if provisioned
+        else render_children(
+            ref,
+            spec,
+            pool=prefect.pool,
+            queue=prefect.queue,
+            api_url=api_url,
+            worker_image=settings.worker_image,
+            replicas=spec.execution.workers,
+        )
     ):
         if await kube.ensure(kube_api, manifest):
             created.append(f"{manifest['kind']}/{manifest['metadata']['name']}")

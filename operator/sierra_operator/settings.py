@@ -3,7 +3,7 @@
 - ``SIERRA_OPERATOR_PREFECT_API_URL`` (or ``PREFECT_API_URL``): Prefect API for batches
   without ``spec.prefect.apiUrl``; none by default (such batches get a condition).
 - ``SIERRA_OPERATOR_WORKER_IMAGE``: image of the Prefect worker pods (has prefect-kubernetes).
-- ``SIERRA_OPERATOR_RECONCILE_SECONDS``: how often each batch is reconciled (2).
+- ``SIERRA_OPERATOR_RECONCILE_SECONDS``: how often each batch is reconciled (1).
 - ``SIERRA_OPERATOR_LOG_LEVEL``: operator log level (INFO).
 - ``SIERRA_OPERATOR_NAMESPACES``: comma-separated namespaces to watch (default: all).
 """
@@ -26,7 +26,7 @@ class OperatorSettings(BaseModel):
         default=None, description="Default Prefect API URL for batches that name none."
     )
     worker_image: str = Field(default=DEFAULT_WORKER_IMAGE, description="Worker pod image.")
-    reconcile_seconds: float = Field(default=2.0, gt=0, description="Reconcile interval.")
+    reconcile_seconds: float = Field(default=1.0, gt=0, description="Reconcile interval.")
     log_level: str = Field(default="INFO", description="Log level.")
     namespaces: list[str] = Field(default_factory=list, description="Watched; empty: all.")
 

@@ -128,6 +128,7 @@ class Operator:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     liveness_port: int = field(default_factory=free_port)
+    reconcile_seconds: float = 1.0
 
     def start(self, via_kopf: bool = False) -> Operator:
         """`sierra-operator run`, or the same handlers through `kopf run` (both supported)."""
@@ -136,7 +137,7 @@ class Operator:
             KUBECONFIG=str(self.kube.kubeconfig),
             SIERRA_OPERATOR_PREFECT_API_URL=self.prefect_api_url,
             SIERRA_OPERATOR_WORKER_IMAGE="sierra-operator:test",
-            SIERRA_OPERATOR_RECONCILE_SECONDS="1",
+            SIERRA_OPERATOR_RECONCILE_SECONDS=str(self.reconcile_seconds),
             PREFECT_HOME=tempfile.mkdtemp(prefix="sierra-op-home-"),
         )
         self.proc = subprocess.Popen(

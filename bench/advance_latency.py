@@ -1,0 +1,98 @@
+"""Benchmark: experiment-advance latency of the operator.
+
+Runs one batch of N one-run experiments through the same no-cluster set-up as the operator
+tests (emulated Kubernetes API, real operator process, real Prefect server, real Prefect
+Kubernetes worker, Jobs executed by tests/job_runner.py), then reads Prefect's timestamps:
+for each experiment i > 0, latency = (first flow run of experiment i created) - (last flow
+run of experiment i-1 ended). Target: median < 1 s. The reconcile interval is the main term
+(SIERRA_OPERATOR_RECONCILE_SECONDS, 1 s here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.cluster import Operator, Workers, batch_doc, start_kube_api, wait_for  # noqa: E402
+from tests.integration.helpers import probe  # noqa: E402
+from tests.job_runner import JobRunner  # noqa: E402
+
+from sierra_operator.server import LocalPrefectServer  # noqa: E402
+
+
+async def latencies(api_url: str, uid: str) -> list[float]:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    async with PrefectClient(api=api_url) as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sierra-batch:{uid}"])),
+            limit=200,
+        )
+    by_exp: dict[int, list] = {}
+    for run in runs:
+        by_exp.setdefault(int(run.parameters["experiment"].split("exp")[1]), []).append(run)
+    out = []
+    for i in sorted(by_exp)[1:]:
+        ended = max(r.end_time for r in by_exp[i - 1])
+        created = min(r.created for r in by_exp[i])
+        out.append((created - ended).total_seconds())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiments", type=int, default=6)
+    parser.add_argument("--interval", type=float, default=1.0, help="reconcile seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) must still run the finally below: never orphan a server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    tmp = Path(tempfile.mkdtemp(prefix="sierra-bench-advance-"))
+    server = LocalPrefectServer(tmp / "prefect")
+    server.start()
+    kube = operator = workers = jobs = None
+    try:
+        server.wait_ready(300)
+        kube = start_kube_api(tmp, ["bench"])
+        jobs = JobRunner(kube.url, tmp / "jobs").start()
+        operator = Operator(
+            kube, server.api_url, tmp / "operator.log", reconcile_seconds=args.interval
+        ).start()
+        workers = Workers(kube, tmp / "workers")
+        doc = batch_doc("adv", tmp / "root", [[probe(0.1)] for _ in range(args.experiments)])
+        uid = kube.create_batch("bench", doc)["metadata"]["uid"]
+        workers.start_from_deployment("bench", "adv-worker")
+        wait_for(lambda: kube.phase("bench", "adv") == "Succeeded", 900, "the batch")
+        lat = asyncio.run(latencies(server.api_url, uid))
+    finally:
+        for part in (workers, operator, jobs):
+            if part is not None:
+                part.stop()
+        if kube is not None:
+            kube.proc.kill()
+        server.stop()
+        if args.keep:
+            print(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print("| date | experiments | reconcile interval | advance latency median | min | max |")
+    print(
+        f"| {time.strftime('%Y-%m-%d')} | {args.experiments} | {args.interval} s | "
+        f"{statistics.median(lat):.2f} s | "
+        f"{min(lat):.2f} s | {max(lat):.2f} s |"
+    )
+
+
+if __name__ == "__main__":
+    main()
