@@ -64,3 +64,8 @@ def sierra_root_claim(batch: str) -> str:
 def cluster_pool(namespace: str, batch: str) -> str:
     """Work pool of one batch in the cluster: unique per namespace/name (many users, one server)."""
     return f"sierra-{namespace}-{batch}"[:100]
+
+
+def worker_start_args(pool: str, queue: str, worker_type: str) -> list[str]:
+    """`prefect worker start` arguments (after `prefect`) for one batch's pool and queue."""
+    return ["worker", "start", "--pool", pool, "--work-queue", queue, "--type", worker_type]

@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sierra_operator import names
+
 
 class ServerStartError(RuntimeError):
     """The Prefect server exited or did not answer in time."""
@@ -180,19 +182,7 @@ def process_worker(
     )
     return ManagedProcess(
         name=name,
-        argv=[
-            *prefect_cli(),
-            "worker",
-            "start",
-            "--pool",
-            pool,
-            "--work-queue",
-            queue,
-            "--type",
-            "process",
-            "--name",
-            name,
-        ],
+        argv=[*prefect_cli(), *names.worker_start_args(pool, queue, "process"), "--name", name],
         env=env,
         log_path=log_dir / f"{name}.log",
     )
