@@ -91,6 +91,10 @@ def batch_prefect(batch: SierraBatch, namespace: str, uid: str, api_url: str) ->
     )
 
 
+def _completed(status: BatchStatus) -> bool:
+    return any(c.type == "Complete" and c.status == "True" for c in status.conditions)
+
+
 def _fail(status: BatchStatus, now: datetime, type_: str, reason: str, message: str) -> Outcome:
     new = _condition(status, now, type_, False, reason, message)
     new = new.model_copy(update={"phase": BatchPhase.FAILED, "message": message})
@@ -138,6 +142,11 @@ async def reconcile(
             "inline spec.experiments, or `sierra-operator local` for SIERRA commands files",
         )
     status = _condition(status, now, "Valid", True, "Valid")
+    if previous.phase in TERMINAL_PHASES and _completed(previous):
+        # Final: workers were scaled to 0 in the reconcile that reached this phase (and the
+        # phase was only stored after that succeeded). A finished batch is not restarted;
+        # one that failed validation is retried once its spec is fixed.
+        return Outcome(previous)
     plan: Plan = plan_from_experiments(spec.experiments)
 
     api_url = spec.prefect.api_url or settings.prefect_api_url
@@ -163,11 +172,6 @@ async def reconcile(
         prefect = cache.setdefault((uid, api_url, prefect.pool), prefect)
     image = f"{spec.image.repository}:{spec.image.tag}"
     worker = names.worker_name(ref.name)
-
-    if previous.phase in TERMINAL_PHASES:
-        # Final: workers were scaled to 0 in the reconcile that reached this phase (and the
-        # phase was only stored after that succeeded). A finished batch is not restarted.
-        return Outcome(status)
 
     events: list[tuple[str, str, str]] = []
     if previous.phase is BatchPhase.PENDING:

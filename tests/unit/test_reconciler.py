@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sierra_operator.model import BatchPhase, BatchStatus
+from sierra_operator.model import BatchPhase, BatchStatus, Condition
 from sierra_operator.reconciler import read_status, reconcile, status_patch
 from sierra_operator.settings import OperatorSettings
 
@@ -89,3 +89,23 @@ def test_settings_from_env():
         ).prefect_api_url
         == "http://b/api"
     )
+
+
+def test_fixed_spec_recovers_from_a_validation_failure():
+    failed = run(body(execution={"retries": -1}))
+    fixed = body()
+    fixed["status"] = status_patch(failed.status)
+    out = run(fixed)
+    assert out.status.phase is BatchPhase.PENDING, "not stuck in Failed"
+    valid = {c.type: c for c in out.status.conditions}["Valid"]
+    assert valid.status == "True"
+
+
+def test_completed_batch_is_left_alone():
+    done = BatchStatus(phase=BatchPhase.SUCCEEDED).model_copy(
+        update={"conditions": [Condition(type="Complete", status="True", reason="Succeeded")]}
+    )
+    b = body()
+    b["status"] = status_patch(done)
+    out = run(b)  # no Prefect URL, no Kubernetes: it must not need them
+    assert out.status.phase is BatchPhase.SUCCEEDED and out.events == []
