@@ -68,6 +68,16 @@ class BatchRef:
         return meta
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where a batch's Prefect workers connect and which image they run."""
+
+    pool: str
+    queue: str
+    api_url: str
+    image: str
+
+
 def claim_name(batch: BatchRef, spec: SierraBatchSpec) -> str:
     """The PVC runs mount: the user's, or the one the operator creates."""
     return spec.sierra_root.claim_name or names.sierra_root_claim(batch.name)
@@ -124,19 +134,12 @@ def render_role_binding(batch: BatchRef) -> Manifest:
 
 
 def render_worker_deployment(
-    batch: BatchRef,
-    spec: SierraBatchSpec,
-    *,
-    pool: str,
-    queue: str,
-    api_url: str,
-    worker_image: str,
-    replicas: int,
+    batch: BatchRef, spec: SierraBatchSpec, worker: WorkerConfig
 ) -> Manifest:
     """Prefect Kubernetes workers for the batch's pool, with health probes."""
     name = names.worker_name(batch.name)
     env: list[dict[str, Any]] = [
-        {"name": "PREFECT_API_URL", "value": api_url},
+        {"name": "PREFECT_API_URL", "value": worker.api_url},
         {"name": "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES", "value": batch.namespace},
         {"name": "PREFECT_WORKER_WEBSERVER_HOST", "value": "0.0.0.0"},
         {"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": str(WORKER_HEALTH_PORT)},
@@ -162,7 +165,7 @@ def render_worker_deployment(
         "kind": "Deployment",
         "metadata": batch.metadata(name),
         "spec": {
-            "replicas": replicas,
+            "replicas": spec.execution.workers,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {"labels": {**batch.labels(), **selector}},
@@ -172,10 +175,10 @@ def render_worker_deployment(
                     "containers": [
                         {
                             "name": "worker",
-                            "image": worker_image,
+                            "image": worker.image,
                             "command": [
                                 "prefect",
-                                *names.worker_start_args(pool, queue, "kubernetes"),
+                                *names.worker_start_args(worker.pool, worker.queue, "kubernetes"),
                                 "--with-healthcheck",
                             ],
                             "env": env,
@@ -198,16 +201,7 @@ def render_worker_deployment(
     }
 
 
-def render_children(
-    batch: BatchRef,
-    spec: SierraBatchSpec,
-    *,
-    pool: str,
-    queue: str,
-    api_url: str,
-    worker_image: str,
-    replicas: int,
-) -> list[Manifest]:
+def render_children(batch: BatchRef, spec: SierraBatchSpec, worker: WorkerConfig) -> list[Manifest]:
     """Everything a batch needs in its namespace, in the order to create it."""
     pvc = render_pvc(batch, spec)
     return [
@@ -215,13 +209,5 @@ def render_children(
         render_service_account(batch),
         render_role(batch),
         render_role_binding(batch),
-        render_worker_deployment(
-            batch,
-            spec,
-            pool=pool,
-            queue=queue,
-            api_url=api_url,
-            worker_image=worker_image,
-            replicas=replicas,
-        ),
+        render_worker_deployment(batch, spec, worker),
     ]

@@ -28,7 +28,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Cancelling
 
 from sierra_operator import names
-from sierra_operator.machine import RunKey, RunObservation, RunPhase, SubmitRuns
+from sierra_operator.machine import RunAttempt, RunKey, RunObservation, RunPhase, SubmitRuns
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,15 @@ class PrefectBatch:
         """This batch's deployment of the experiment flow."""
         return f"{names.DEPLOYMENT_NAME}-{self.batch_id}"
 
+    @property
+    def _deployment_ref(self) -> str:
+        return f"{names.EXPERIMENT_FLOW_NAME}/{self.deployment_name}"
+
     async def resolve_deployment(self) -> UUID:
         """The deployment id, looked up by name (after an operator restart)."""
         if self.deployment_id is None:
             async with self.client() as client:
-                found = await client.read_deployment_by_name(
-                    f"{names.EXPERIMENT_FLOW_NAME}/{self.deployment_name}"
-                )
+                found = await client.read_deployment_by_name(self._deployment_ref)
             self.deployment_id = found.id
         return self.deployment_id
 
@@ -148,27 +150,46 @@ class PrefectBatch:
             )
         return self.deployment_id
 
+    async def _create_run(
+        self,
+        client: PrefectClient,
+        experiment: str,
+        runs: tuple[RunAttempt, ...],
+        parameters: dict[str, Any],
+        *,
+        name: str,
+        tags: list[str],
+        key: str,
+    ) -> UUID:
+        """One flow run of the experiment flow executing ``runs``; ``key`` makes it idempotent."""
+        created = await client.create_flow_run_from_deployment(
+            await self.resolve_deployment(),
+            parameters={
+                **parameters,
+                "experiment": experiment,
+                "runs": [
+                    {"index": r.index, "command": r.command, "attempt": r.attempt} for r in runs
+                ],
+            },
+            name=name,
+            tags=[names.batch_tag(self.batch_id), names.experiment_tag(experiment), *tags],
+            idempotency_key=key,
+        )
+        return created.id
+
     async def submit(self, action: SubmitRuns, parameters: dict[str, Any]) -> UUID:
         """Create the flow run of one wave; the idempotency key makes a repeat a no-op."""
-        assert self.deployment_id is not None, "ensure_deployment first"
-        key = hashlib.sha256(f"{self.batch_id}/{action.wave_key}".encode()).hexdigest()
         first_attempt = min(r.attempt for r in action.runs)
         async with self.client() as client:
-            run = await client.create_flow_run_from_deployment(
-                self.deployment_id,
-                parameters={
-                    **parameters,
-                    "experiment": action.experiment,
-                    "runs": [
-                        {"index": r.index, "command": r.command, "attempt": r.attempt}
-                        for r in action.runs
-                    ],
-                },
+            return await self._create_run(
+                client,
+                action.experiment,
+                action.runs,
+                parameters,
                 name=names.wave_flow_run_name(action.experiment, first_attempt),
-                tags=[names.batch_tag(self.batch_id), names.experiment_tag(action.experiment)],
-                idempotency_key=key,
+                tags=[],
+                key=hashlib.sha256(f"{self.batch_id}/{action.wave_key}".encode()).hexdigest(),
             )
-        return run.id
 
     async def submit_each(self, action: SubmitRuns, parameters: dict[str, Any]) -> list[UUID]:
         """One flow run per run of the wave (cluster: each run is its own Job/pod).
@@ -176,31 +197,19 @@ class PrefectBatch:
         Idempotency keys name batch, experiment, run and attempt, so a restarted operator
         that re-decides the same wave creates nothing twice.
         """
-        deployment_id = await self.resolve_deployment()
-        ids = []
         async with self.client() as client:
-            for run in action.runs:
-                key = f"{self.batch_id}/{action.experiment}/{run.index}/{run.attempt}"
-                created = await client.create_flow_run_from_deployment(
-                    deployment_id,
-                    parameters={
-                        **parameters,
-                        "experiment": action.experiment,
-                        "runs": [
-                            {"index": run.index, "command": run.command, "attempt": run.attempt}
-                        ],
-                        "parallelism": 1,
-                    },
+            return [
+                await self._create_run(
+                    client,
+                    action.experiment,
+                    (run,),
+                    {**parameters, "parallelism": 1},
                     name=f"{action.experiment}-run{run.index}-try{run.attempt}",
-                    tags=[
-                        names.batch_tag(self.batch_id),
-                        names.experiment_tag(action.experiment),
-                        names.run_tag(run.index),
-                    ],
-                    idempotency_key=key,
+                    tags=[names.run_tag(run.index)],
+                    key=f"{self.batch_id}/{action.experiment}/{run.index}/{run.attempt}",
                 )
-                ids.append(created.id)
-        return ids
+                for run in action.runs
+            ]
 
     async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
         out: list[FlowRun] = []
@@ -302,9 +311,7 @@ class PrefectBatch:
         """Delete this batch's deployment and pool; a pool someone else made is left alone."""
         async with self.client() as client:
             try:
-                deployment = await client.read_deployment_by_name(
-                    f"{names.EXPERIMENT_FLOW_NAME}/{self.deployment_name}"
-                )
+                deployment = await client.read_deployment_by_name(self._deployment_ref)
                 await client.delete_deployment(deployment.id)
             except ObjectNotFound:
                 pass

@@ -8,7 +8,6 @@ Prefect report now, so a restarted operator continues where it was and creates n
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +18,7 @@ from kubernetes_asyncio.client import ApiClient
 from sierra_operator import kube, names
 from sierra_operator.job_template import default_kubernetes_template, render_base_job_template
 from sierra_operator.machine import decide, set_condition
-from sierra_operator.manifests import BatchRef, claim_name, render_children
+from sierra_operator.manifests import BatchRef, WorkerConfig, claim_name, render_children
 from sierra_operator.model import (
     TERMINAL_PHASES,
     BatchPhase,
@@ -33,8 +32,6 @@ from sierra_operator.model import (
 from sierra_operator.plan import Plan, plan_from_experiments
 from sierra_operator.prefect_api import PoolConflict, PrefectBatch
 from sierra_operator.settings import OperatorSettings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,14 +88,29 @@ def batch_prefect(batch: SierraBatch, namespace: str, uid: str, api_url: str) ->
     )
 
 
-def _completed(status: BatchStatus) -> bool:
-    return any(c.type == "Complete" and c.status == "True" for c in status.conditions)
+def _is_true(status: BatchStatus, type_: str) -> bool:
+    return any(c.type == type_ and c.status == "True" for c in status.conditions)
 
 
-def _fail(status: BatchStatus, now: datetime, type_: str, reason: str, message: str) -> Outcome:
+def api_url_of(batch: SierraBatch, settings: OperatorSettings) -> str | None:
+    """The batch's Prefect API: its own, else the operator's default."""
+    return batch.spec.prefect.api_url or settings.prefect_api_url
+
+
+def _blocked(
+    status: BatchStatus,
+    now: datetime,
+    type_: str,
+    reason: str,
+    message: str,
+    phase: BatchPhase,
+    summary: str | None = None,
+) -> Outcome:
+    """Stop here: condition ``type_`` False, the phase and summary set, a Warning Event
+    when the condition changed (not on every reconcile)."""
     new = _condition(status, now, type_, False, reason, message)
-    new = new.model_copy(update={"phase": BatchPhase.FAILED, "message": message})
-    events = [("Warning", reason, message)] if _changed(status, new, type_) else []
+    new = new.model_copy(update={"phase": phase, "message": summary or message})
+    events = [("Warning", reason, new.message)] if _changed(status, new, type_) else []
     return Outcome(new, events)
 
 
@@ -121,50 +133,48 @@ async def reconcile(
     try:
         batch = parse_batch(dict(body))
     except SpecError as exc:
-        return _fail(status, now, "Valid", "InvalidSpec", str(exc))
+        return _blocked(status, now, "Valid", "InvalidSpec", str(exc), BatchPhase.FAILED)
     spec = batch.spec
     if spec.image is None:
-        return _fail(
+        return _blocked(
             status,
             now,
             "Valid",
             "InvalidSpec",
             "spec.image: required in the cluster (the image every run pod uses); add "
             "spec.image.repository and spec.image.tag",
+            BatchPhase.FAILED,
         )
     if spec.experiments is None:
-        return _fail(
+        return _blocked(
             status,
             now,
             "Valid",
             "NotSupported",
             "spec.commandsFile and spec.sierra are not supported by the operator yet; use "
             "inline spec.experiments, or `sierra-operator local` for SIERRA commands files",
+            BatchPhase.FAILED,
         )
     status = _condition(status, now, "Valid", True, "Valid")
-    if previous.phase in TERMINAL_PHASES and _completed(previous):
+    if previous.phase in TERMINAL_PHASES and _is_true(previous, "Complete"):
         # Final: workers were scaled to 0 in the reconcile that reached this phase (and the
         # phase was only stored after that succeeded). A finished batch is not restarted;
         # one that failed validation is retried once its spec is fixed.
         return Outcome(previous)
     plan: Plan = plan_from_experiments(spec.experiments)
 
-    api_url = spec.prefect.api_url or settings.prefect_api_url
+    api_url = api_url_of(batch, settings)
     if not api_url:
-        new = _condition(
+        return _blocked(
             status,
             now,
             "PoolReady",
-            False,
             "NoPrefectApiUrl",
             "no Prefect API: set spec.prefect.apiUrl, or SIERRA_OPERATOR_PREFECT_API_URL "
             "(or PREFECT_API_URL) on the operator",
+            BatchPhase.PENDING,
+            summary="waiting for a Prefect API URL",
         )
-        new = new.model_copy(
-            update={"phase": BatchPhase.PENDING, "message": "waiting for a Prefect API URL"}
-        )
-        changed = _changed(status, new, "PoolReady")
-        return Outcome(new, [("Warning", "NoPrefectApiUrl", new.message)] if changed else [])
 
     ref = BatchRef(batch.metadata.name, namespace, uid)
     prefect = batch_prefect(batch, namespace, uid, api_url)
@@ -178,29 +188,19 @@ async def reconcile(
         status = status.model_copy(
             update={"phase": BatchPhase.PROVISIONING, "work_pool": prefect.pool}
         )
-    created = []
     # Children are checked (GET each) when the spec is new or changed, not on every tick:
     # the tick rate then costs Prefect reads only.
-    provisioned = previous.observed_generation == meta.get("generation") and any(
-        c.type == "StorageReady" and c.status == "True" for c in previous.conditions
-    )
-    for manifest in (
-        []
-        if provisioned
-        else render_children(
-            ref,
-            spec,
-            pool=prefect.pool,
-            queue=prefect.queue,
-            api_url=api_url,
-            worker_image=settings.worker_image,
-            replicas=spec.execution.workers,
-        )
+    if previous.observed_generation != meta.get("generation") or not _is_true(
+        previous, "StorageReady"
     ):
-        if await kube.ensure(kube_api, manifest):
-            created.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
-    if created:
-        events.append(("Normal", "Created", "created " + ", ".join(created)))
+        worker_config = WorkerConfig(prefect.pool, prefect.queue, api_url, settings.worker_image)
+        created = [
+            f"{manifest['kind']}/{manifest['metadata']['name']}"
+            for manifest in render_children(ref, spec, worker_config)
+            if await kube.ensure(kube_api, manifest)
+        ]
+        if created:
+            events.append(("Normal", "Created", "created " + ", ".join(created)))
     claim = claim_name(ref, spec)
     adopted = spec.sierra_root.claim_name is not None
     status = _condition(
@@ -212,7 +212,7 @@ async def reconcile(
         f"sierra-root is PVC {claim} mounted at {spec.sierra_root.mount_path}",
     )
 
-    if not any(c.type == "PoolReady" and c.status == "True" for c in previous.conditions):
+    if not _is_true(previous, "PoolReady"):
         template = render_base_job_template(
             default_kubernetes_template(),
             spec,
@@ -225,10 +225,7 @@ async def reconcile(
             await prefect.ensure_pool(template)
         except PoolConflict as exc:
             # Not fatal: fixing spec.prefect.workPool (or deleting the stale pool) recovers.
-            new = _condition(status, now, "PoolReady", False, "PoolNameTaken", str(exc))
-            new = new.model_copy(update={"phase": BatchPhase.PENDING, "message": str(exc)})
-            changed = _changed(status, new, "PoolReady")
-            return Outcome(new, [("Warning", "PoolNameTaken", str(exc))] if changed else [])
+            return _blocked(status, now, "PoolReady", "PoolNameTaken", str(exc), BatchPhase.PENDING)
         await prefect.ensure_deployment(spec.sierra_root.mount_path)
         events.append(("Normal", "PoolReady", f"work pool {prefect.pool} on {api_url}"))
     status = _condition(status, now, "PoolReady", True, "Created", f"work pool {prefect.pool}")
@@ -279,7 +276,7 @@ async def finalize(
         batch = parse_batch(dict(body))
     except SpecError:
         return []  # it never started anything
-    api_url = batch.spec.prefect.api_url or settings.prefect_api_url
+    api_url = api_url_of(batch, settings)
     if not api_url:
         return []
     prefect = batch_prefect(batch, meta["namespace"], meta["uid"], api_url)

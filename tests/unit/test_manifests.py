@@ -15,6 +15,7 @@ from sierra_operator.job_template import default_kubernetes_template, render_bas
 from sierra_operator.manifests import (
     WORKER_RULES,
     BatchRef,
+    WorkerConfig,
     render_children,
     render_pvc,
     render_worker_deployment,
@@ -56,11 +57,12 @@ def children(**kw: Any) -> list[dict[str, Any]]:
     return render_children(
         REF,
         spec(**kw),
-        pool="sierra-lab-a-forage",
-        queue="sierra-queue",
-        api_url="http://prefect:4200/api",
-        worker_image="ghcr.io/x/sierra-operator:0.1.0",
-        replicas=2,
+        WorkerConfig(
+            "sierra-lab-a-forage",
+            "sierra-queue",
+            "http://prefect:4200/api",
+            "ghcr.io/x/sierra-operator:0.1.0",
+        ),
     )
 
 
@@ -113,12 +115,11 @@ def test_worker_role_is_namespaced_and_minimal():
 def test_worker_deployment_runs_a_kubernetes_worker_for_the_pool_with_probes():
     dep = render_worker_deployment(
         REF,
-        spec(prefect={"apiKeySecret": {"name": "prefect", "key": "api-key"}}),
-        pool="p",
-        queue="q",
-        api_url="http://prefect:4200/api",
-        worker_image="img",
-        replicas=3,
+        spec(
+            prefect={"apiKeySecret": {"name": "prefect", "key": "api-key"}},
+            execution={"workers": 3},
+        ),
+        WorkerConfig(pool="p", queue="q", api_url="http://prefect:4200/api", image="img"),
     )
     parse_as_kind(dep)
     pod = dep["spec"]["template"]["spec"]
