@@ -26,6 +26,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.helpers import local_cmd  # noqa: E402
+
 TINYSIM = REPO / "examples" / "tinysim.py"
 
 
@@ -83,18 +87,7 @@ def main() -> None:
             f"spec:\n  commandsFile: {commands.relative_to(root)}\n"
             f"  execution: {{parallelism: {args.parallelism}}}\n"
         )
-        total, proc = timed(
-            [
-                sys.executable,
-                "-m",
-                "sierra_operator.cli",
-                "local",
-                str(batch),
-                "--sierra-root",
-                str(root),
-            ],
-            timeout=900,
-        )
+        total, proc = timed(local_cmd(batch, root, None), timeout=900)
         found = dict(re.findall(r"(server start|provisioning|execution) ([0-9.]+)s", proc.stdout))
         server = float(found["server start"])
         without_server = total - server

@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
-from sierra_operator.server import free_port
+from sierra_operator.server import ManagedProcess, free_port
+from tests.integration.helpers import inline_batch
 
 REPO = Path(__file__).resolve().parents[2]
 BATCHES = "/apis/sierra.research.io/v1alpha1"
@@ -121,17 +122,17 @@ def start_kube_api(tmp: Path, namespaces: list[str]) -> KubeAPI:
 
 @dataclass
 class Operator:
-    """The real operator process: `kopf run` of sierra_operator.handlers."""
+    """The real operator process: `sierra-operator run`, or `kopf run` of the same handlers."""
 
     kube: KubeAPI
     prefect_api_url: str
     log: Path
-    proc: subprocess.Popen[bytes] | None = None
+    process: ManagedProcess | None = None
     liveness_port: int = field(default_factory=free_port)
     reconcile_seconds: float = 1.0
 
     def start(self, via_kopf: bool = False) -> Operator:
-        """`sierra-operator run`, or the same handlers through `kopf run` (both supported)."""
+        """Start it (both ways of running the operator are supported and tested)."""
         env = dict(
             os.environ,
             KUBECONFIG=str(self.kube.kubeconfig),
@@ -140,37 +141,26 @@ class Operator:
             SIERRA_OPERATOR_RECONCILE_SECONDS=str(self.reconcile_seconds),
             PREFECT_HOME=tempfile.mkdtemp(prefix="sierra-op-home-"),
         )
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kopf",
-                "run",
-                "--standalone",
-                "--all-namespaces",
-                "-m",
-                "sierra_operator.handlers",
-            ],
-            env=env,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        if via_kopf:
+            argv = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces"]
+            argv += ["-m", "sierra_operator.handlers"]
+        else:
+            argv = [sys.executable, "-m", "sierra_operator.cli", "run"]
+            argv += ["--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
+        self.process = ManagedProcess("operator", argv, env, self.log)
+        self.process.start()
         return self
 
     def kill(self) -> None:
         """SIGKILL: the harshest restart (no cleanup, no last status patch)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.process is not None and self.process.running():
+            assert self.process.proc is not None
+            os.killpg(self.process.proc.pid, signal.SIGKILL)
+            self.process.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            self.process.stop(grace=20)
 
 
 @dataclass
@@ -179,10 +169,10 @@ class Workers:
 
     kube: KubeAPI
     log_dir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[ManagedProcess] = field(default_factory=list)
     health_ports: list[int] = field(default_factory=list)
 
-    def start_from_deployment(self, namespace: str, name: str) -> subprocess.Popen[bytes]:
+    def start_from_deployment(self, namespace: str, name: str) -> None:
         dep = wait_for(
             lambda: self.kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
             60,
@@ -199,47 +189,29 @@ class Workers:
             PREFECT_WORKER_WEBSERVER_PORT=str(port),
             PREFECT_WORKER_QUERY_SECONDS="1",
         )
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
+        worker = ManagedProcess(
+            f"{namespace}-{name}",
             container["command"],
-            env=env,
-            stdout=(self.log_dir / f"{namespace}-{name}.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env,
+            self.log_dir / f"{namespace}-{name}.log",
         )
-        self.procs.append(proc)
+        worker.start()
+        self.processes.append(worker)
         self.health_ports.append(port)
-        return proc
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        for worker in self.processes:
+            worker.stop(grace=15)
 
 
 def batch_doc(
     name: str, mount: Path, experiments: list[list[str]], **execution: Any
 ) -> dict[str, Any]:
-    """A SierraBatch with inline experiments c1-exp0.. and sierra-root at ``mount``."""
-    return {
-        "apiVersion": "sierra.research.io/v1alpha1",
-        "kind": "SierraBatch",
-        "metadata": {"name": name},
-        "spec": {
-            "image": {"repository": "localhost:5001/probe", "tag": "test"},
-            "sierraRoot": {"mountPath": str(mount)},
-            "execution": execution,
-            "experiments": [
-                {"name": f"c1-exp{i}", "runs": [{"command": c} for c in cmds]}
-                for i, cmds in enumerate(experiments)
-            ],
-        },
-    }
+    """An inline batch with an image and sierra-root at ``mount``, as the cluster needs."""
+    doc = inline_batch(name, experiments, **execution)
+    doc["spec"]["image"] = {"repository": "localhost:5001/probe", "tag": "test"}
+    doc["spec"]["sierraRoot"] = {"mountPath": str(mount)}
+    return doc
 
 
 def dump(obj: Any) -> str:

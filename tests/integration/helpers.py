@@ -20,9 +20,9 @@ def probe(sleep: float, fail: bool = False) -> str:
     return f"{sys.executable} {PROBE} {sleep}" + (" fail" if fail else "")
 
 
-def write_batch(path: Path, name: str, experiments: list[list[str]], **execution: Any) -> Path:
-    """A SierraBatch YAML with inline experiments c1-exp0.. from lists of commands."""
-    doc = {
+def inline_batch(name: str, experiments: list[list[str]], **execution: Any) -> dict[str, Any]:
+    """A SierraBatch with inline experiments c1-exp0.. from lists of commands."""
+    return {
         "apiVersion": "sierra.research.io/v1alpha1",
         "kind": "SierraBatch",
         "metadata": {"name": name},
@@ -34,7 +34,11 @@ def write_batch(path: Path, name: str, experiments: list[list[str]], **execution
             ],
         },
     }
-    path.write_text(yaml.safe_dump(doc))
+
+
+def write_batch(path: Path, name: str, experiments: list[list[str]], **execution: Any) -> Path:
+    """:func:`inline_batch` written as YAML to ``path``."""
+    path.write_text(yaml.safe_dump(inline_batch(name, experiments, **execution)))
     return path
 
 

@@ -165,6 +165,8 @@ def test_batches_in_two_namespaces_run_end_to_end(
     assert {"Created", "PoolReady", "ExperimentStarted", "Succeeded"} <= reasons
     health = httpx.get(f"http://127.0.0.1:{workers.health_ports[0]}/health", timeout=5)
     assert health.status_code == 200, "the worker's health endpoint (the probes') answers"
+    alive = httpx.get(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5)
+    assert alive.status_code == 200, "`sierra-operator run --liveness` serves kopf's probe"
 
 
 def test_experiments_in_order_with_bounded_parallelism(kube, jobs, operator, workers, tmp_module):
