@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Prefect server for the whole test session."""
+"""Shared fixtures: one real Prefect server, one image build environment per test session."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sierra_operator.server import LocalPrefectServer
+from tests.image_env import ImageEnv, missing_tools, start_image_env
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,24 @@ def prefect_api_url() -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def image_env() -> Iterator[ImageEnv]:
+    """podman's Docker API + an authenticated registry (tests/image_env.py), once a session.
+
+    Without the Debian packages (scripts/test installs them as root) image tests are skipped,
+    saying which are missing; CI=true makes that a failure instead.
+    """
+    missing = missing_tools()
+    if missing:
+        message = f"image tests need {', '.join(missing)} (apt-get install podman runc "
+        message += "docker-registry busybox-static)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = start_image_env()
+    try:
+        yield env
+    finally:
+        env.stop()

@@ -10,13 +10,17 @@ kubernetes_asyncio). What is added to ``kmock.KubernetesEmulator`` and why:
 * ``resourceVersion`` is bumped on every patch, ``generation`` when ``spec`` changes;
 * ``generateName`` is expanded (Prefect's Job template uses it);
 * ``?watch=True`` (Python clients) is a watch like ``?watch=true``;
-* resources the operator uses are declared for discovery; namespaces are pre-created.
+* resources the operator uses are declared for discovery; namespaces are pre-created;
+* an audit log (like a real API server's): one JSON line per resource request with the
+  caller's bearer token as its identity and the RBAC verb, so tests can check that the
+  chart's RBAC allows every call the operator and workers really make.
 
 Not emulated: admission (the CRD schema is not enforced here: tests/crd_validator.py checks
 it), RBAC, garbage collection by ownerReferences, controllers (a Job never gets Pods).
 
 Run as ``python -m tests.kube_api PORTFILE NAMESPACE...``: serves on a free port on
-127.0.0.1 and writes the URL to PORTFILE once ready.
+127.0.0.1, writes the URL to PORTFILE once ready and the audit log to PORTFILE's directory
+(:data:`AUDIT_FILE`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import json
 import secrets
 import sys
 import uuid
@@ -88,6 +93,17 @@ RESOURCES: dict[str, dict[str, Any]] = {
 }
 
 VERBS = {"create", "get", "list", "watch", "patch", "delete"}
+AUDIT_FILE = "kube-api.audit.jsonl"
+_HTTP_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def rbac_verb(method: str, name: str | None, params: dict[str, str]) -> str:
+    """The RBAC verb a request needs, as kube-apiserver's authorizer derives it."""
+    if method == "GET":
+        if params.get("watch", "").lower() in {"true", "1"}:
+            return "watch"
+        return "get" if name else "list"
+    return _HTTP_VERBS.get(method, method.lower())
 
 
 @attrs.define(kw_only=True)
@@ -95,11 +111,13 @@ class Apiserver(kmock.KubernetesEmulator):
     """kmock's emulator plus the metadata bookkeeping a real API server does."""
 
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    audit_path: Path | None = None
 
     def _next_version(self) -> str:
         return str(next(self._versions))
 
     async def _handle(self, request: rendering.Request) -> Any:
+        self._audit(request)
         self._fix(request)
         try:
             return await super()._handle(request)
@@ -107,6 +125,23 @@ class Apiserver(kmock.KubernetesEmulator):
             # A real API server answers a failed JSON-patch `test` (stale resourceVersion)
             # with 422 Invalid, which clients treat as a conflict, not a server fault.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+
+    def _audit(self, request: rendering.Request) -> None:
+        if self.audit_path is None or request.resource is None or not request.resource.plural:
+            return  # discovery (/api, /apis) needs no RBAC rule
+        auth = request.headers.get("Authorization") or request.headers.get("authorization") or ""
+        resource = request.resource.plural
+        if request.subresource:
+            resource += "/" + request.subresource
+        entry = {
+            "user": auth.removeprefix("Bearer ").strip() or "anonymous",
+            "verb": rbac_verb(str(request.method.value), request.name, dict(request.params)),
+            "group": request.resource.group or "",
+            "resource": resource,
+            "namespace": request.namespace,
+        }
+        with self.audit_path.open("a") as log:
+            log.write(json.dumps(entry) + "\n")
 
     @staticmethod
     def _set(request: rendering.Request, **changes: Any) -> None:
@@ -167,7 +202,10 @@ class Apiserver(kmock.KubernetesEmulator):
 
 async def serve(port_file: Path, namespaces: list[str]) -> None:
     """Serve until cancelled; write the URL to ``port_file`` when ready."""
-    async with Apiserver() as api, kmock.Server(api) as server:
+    async with (
+        Apiserver(audit_path=port_file.with_name(AUDIT_FILE)) as api,
+        kmock.Server(api) as server,
+    ):
         for key, info in RESOURCES.items():
             api.resources[key] = kmock.ResourceInfo(verbs=VERBS, **info)
         for ns in namespaces:

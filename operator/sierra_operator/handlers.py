@@ -14,6 +14,7 @@ import kopf
 from kubernetes_asyncio import client, config
 
 from sierra_operator.crd import PLURAL
+from sierra_operator.image_stage import ImageStage
 from sierra_operator.model import GROUP, VERSION
 from sierra_operator.reconciler import finalize, reconcile, status_patch
 from sierra_operator.settings import OperatorSettings
@@ -41,6 +42,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         await config.load_kube_config()
     memo.kube_api = client.ApiClient()
     memo.prefect_batches = {}
+    memo.images = ImageStage(SETTINGS.docker_host)
 
 
 @kopf.on.cleanup()
@@ -60,7 +62,7 @@ async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) ->
     """Reconcile one batch; one status patch per tick, only when something changed."""
     try:
         outcome = await reconcile(
-            body, SETTINGS, memo.kube_api, datetime.now(UTC), memo.prefect_batches
+            body, SETTINGS, memo.kube_api, datetime.now(UTC), memo.prefect_batches, memo.images
         )
     except (OSError, client.exceptions.ApiException) as exc:
         raise kopf.TemporaryError(f"retrying: {exc}", delay=5) from exc
@@ -73,7 +75,8 @@ async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) ->
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Cancel runs and remove the Prefect pool; children go by ownerReference."""
-    _post(body, await finalize(body, SETTINGS))
+    _post(body, await finalize(body, SETTINGS, memo.kube_api))
     uid = body.get("metadata", {}).get("uid")
+    memo.images.forget(uid)
     for key in [k for k in memo.prefect_batches if k[0] == uid]:
         del memo.prefect_batches[key]

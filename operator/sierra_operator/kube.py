@@ -1,34 +1,19 @@
 """Kubernetes adapter: create what is missing, scale workers; no decisions.
 
-Every call here is one the chart's ClusterRole must allow (tested against
-:data:`API_CALLS`): get + create for each child kind, patch on the worker Deployment.
+Every call here is one the chart's ClusterRole must allow (listed in
+:data:`sierra_operator.rbac.OPERATOR_CALLS`): get + create for each child kind, patch on the
+worker Deployment, get on Secrets the batch names.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from sierra_operator.manifests import Manifest
-
-# (apiGroup, resource, verb) the operator's own code calls (kopf's own needs come on top).
-API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
-    {
-        ("", "persistentvolumeclaims", "get"),
-        ("", "persistentvolumeclaims", "create"),
-        ("", "serviceaccounts", "get"),
-        ("", "serviceaccounts", "create"),
-        ("rbac.authorization.k8s.io", "roles", "get"),
-        ("rbac.authorization.k8s.io", "roles", "create"),
-        ("rbac.authorization.k8s.io", "rolebindings", "get"),
-        ("rbac.authorization.k8s.io", "rolebindings", "create"),
-        ("apps", "deployments", "get"),
-        ("apps", "deployments", "create"),
-        ("apps", "deployments", "patch"),
-    }
-)
 
 
 def _api_for(api: client.ApiClient, kind: str) -> tuple[Any, str]:
@@ -46,12 +31,18 @@ def _api_for(api: client.ApiClient, kind: str) -> tuple[Any, str]:
     }[kind]
 
 
-async def ensure(api: client.ApiClient, manifest: Manifest) -> bool:
-    """Create ``manifest`` unless an object of that name exists; True if it was created."""
+async def ensure(api: client.ApiClient, manifest: Manifest, update: bool = False) -> bool:
+    """Create ``manifest`` unless an object of that name exists; True if it was created.
+
+    ``update``: an existing object is patched to the manifest (the worker Deployment after a
+    spec change: its Prefect URL, image or replicas may have changed).
+    """
     target, suffix = _api_for(api, manifest["kind"])
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     try:
         await getattr(target, f"read_namespaced_{suffix}")(name, namespace)
+        if update:
+            await getattr(target, f"patch_namespaced_{suffix}")(name, namespace, manifest)
         return False
     except ApiException as exc:
         if exc.status != 404:
@@ -63,6 +54,17 @@ async def ensure(api: client.ApiClient, manifest: Manifest) -> bool:
             raise
         return False
     return True
+
+
+async def read_secret(api: client.ApiClient, namespace: str, name: str) -> dict[str, bytes] | None:
+    """A Secret's decoded data, or None if there is no such Secret. Never logged."""
+    try:
+        secret = await client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
 
 
 async def scale_workers(api: client.ApiClient, namespace: str, name: str, replicas: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -27,7 +28,7 @@ from rich.console import Console
 from sierra_operator import ledger, names
 from sierra_operator.loader import LoadedBatch
 from sierra_operator.machine import Decision, RunObservation, RunPhase, decide, set_condition
-from sierra_operator.model import BatchPhase, BatchStatus, Condition
+from sierra_operator.model import BatchPhase, BatchStatus, Condition, ImageStatus
 from sierra_operator.prefect_api import PrefectBatch
 from sierra_operator.progress import ProgressView, summary_table
 from sierra_operator.server import LocalPrefectServer, ManagedProcess, health_ok, process_worker
@@ -128,6 +129,35 @@ class LocalRun:
         self.timings["server_start"] = time.monotonic() - t0
         view.note(f"Prefect server ready in {self.timings['server_start']:.1f}s")
         return self.server.api_url
+
+    def build_image(self, view: ProgressView) -> None:
+        """``spec.image.build`` in local mode: build and push with DOCKER_HOST's engine and
+        your `docker login` credentials, before anything else starts (runs here do not use
+        the image: this prepares it for the cluster). The digest goes into status.json."""
+        from sierra_operator.image_builder import ImageError, build_and_push
+        from sierra_operator.images import build_hash
+
+        image = self.loaded.batch.spec.image
+        assert image is not None and image.build is not None
+        context = image.build.context
+        if "://" not in context and not context.startswith("git@"):
+            local = (self.loaded.workdir / context).resolve()
+            image = image.model_copy(
+                update={"build": image.build.model_copy(update={"context": str(local)})}
+            )
+        t0 = time.monotonic()
+        try:
+            pushed = build_and_push(image, os.environ.get("DOCKER_HOST"), None, None, view.note)
+        except ImageError as exc:
+            raise LocalError(f"image: {exc}") from None
+        self.timings["image_build"] = time.monotonic() - t0
+        self.status = self.status.model_copy(
+            update={
+                "image": ImageStatus(
+                    ref=pushed.ref, digest=pushed.digest, build_hash=build_hash(image)
+                )
+            }
+        )
 
     def provision(self, api_url: str) -> None:
         """Pool, queue, deployment, then the workers."""
@@ -243,6 +273,9 @@ class LocalRun:
             )
             if resumed:
                 view.note(f"--resume: {len(resumed)} run(s) already succeeded, not re-run")
+            image = self.loaded.batch.spec.image
+            if image is not None and image.build is not None:
+                self.build_image(view)
             api_url = self.start_prefect(view)
             t0 = time.monotonic()
             self.provision(api_url)

@@ -15,23 +15,11 @@ from typing import Any
 
 from sierra_operator import names
 from sierra_operator.model import API_VERSION, KIND, SierraBatchSpec
+from sierra_operator.rbac import WORKER_RULES
 
 Manifest = dict[str, Any]
 
 WORKER_HEALTH_PORT = 8080
-
-# What the Prefect Kubernetes worker and its embedded observer need in one namespace,
-# measured against a real kube-apiserver (../shared/context.md) with
-# PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES set: nothing cluster-wide.
-WORKER_RULES: list[dict[str, list[str]]] = [
-    {
-        "apiGroups": ["batch"],
-        "resources": ["jobs"],
-        "verbs": ["create", "get", "list", "watch", "delete"],
-    },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-]
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,9 @@ class BuildSpec(_Model):
 
     context: str = Field(
         min_length=1,
-        description="Build context the Docker engine accepts: a git URL "
-        "(https://github.com/acme/foraging.git#main), a tarball URL or a path on the engine.",
+        description="Build context: a git URL the Docker engine clones "
+        "(https://github.com/acme/foraging.git#main), a tarball URL the operator fetches "
+        "(.tar or .tar.gz), or in local mode a directory.",
     )
     dockerfile: str = Field(
         default="Dockerfile", min_length=1, description="Dockerfile path inside the context."
@@ -392,7 +393,14 @@ class ImageStatus(_Model):
     """The image runs use."""
 
     ref: str = Field(description="repository:tag")
-    digest: str | None = Field(default=None, description="Pushed digest (sha256:...).")
+    digest: str | None = Field(
+        default=None,
+        description="The registry's digest for ref (sha256:...); run pods use repository@digest.",
+    )
+    build_hash: str | None = Field(
+        default=None,
+        description="Hash of the build inputs the digest was built from: unchanged, no rebuild.",
+    )
 
 
 class BatchStatus(_Model):

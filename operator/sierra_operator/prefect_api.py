@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -69,13 +69,14 @@ class PrefectBatch:
     queue: str
     pool_type: str = "process"
     concurrency_limit: int | None = None
+    api_key: str | None = field(default=None, repr=False)
     deployment_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
 
     def client(self) -> PrefectClient:
         """A client bound to this batch's server, independent of any Prefect profile."""
-        return PrefectClient(api=self.api_url)
+        return PrefectClient(api=self.api_url, api_key=self.api_key)
 
     async def ensure_pool(self, base_job_template: dict[str, Any]) -> None:
         """Create the pool and queue; refuse a same-named pool made by someone else."""
@@ -106,6 +107,13 @@ class PrefectBatch:
                 await client.create_work_queue(name=self.queue, work_pool_name=self.pool)
             except ObjectAlreadyExists:
                 pass  # made by an earlier reconcile whose status patch did not land
+
+    async def update_base_job_template(self, base_job_template: dict[str, Any]) -> None:
+        """Replace the pool's job template (a rebuilt image: new runs use its digest)."""
+        async with self.client() as client:
+            await client.update_work_pool(
+                self.pool, WorkPoolUpdate(base_job_template=base_job_template)
+            )
 
     @property
     def deployment_name(self) -> str:

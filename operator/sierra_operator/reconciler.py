@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import httpx
 from kubernetes_asyncio.client import ApiClient
+from prefect.exceptions import PrefectHTTPStatusError
 
 from sierra_operator import kube, names
+from sierra_operator.image_stage import ImageRequest, ImageStage
 from sierra_operator.job_template import default_kubernetes_template, render_base_job_template
 from sierra_operator.machine import decide, set_condition
 from sierra_operator.manifests import BatchRef, WorkerConfig, claim_name, render_children
@@ -24,14 +27,21 @@ from sierra_operator.model import (
     BatchPhase,
     BatchStatus,
     Condition,
-    ImageStatus,
+    ImageSpec,
     SierraBatch,
+    SierraBatchSpec,
     SpecError,
     parse_batch,
 )
-from sierra_operator.plan import Plan, plan_from_experiments
+from sierra_operator.plan import plan_from_experiments
 from sierra_operator.prefect_api import PoolConflict, PrefectBatch
 from sierra_operator.settings import OperatorSettings
+
+Event = tuple[str, str, str]
+"""(type, reason, message) of a Kubernetes Event to post on the batch."""
+
+# A Prefect server that cannot be reached or answers with an error: a condition, retried.
+PREFECT_ERRORS = (httpx.TransportError, PrefectHTTPStatusError)
 
 
 @dataclass
@@ -39,7 +49,52 @@ class Outcome:
     """The status to store and the Events to post (type, reason, message)."""
 
     status: BatchStatus
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """A stage cannot go on this reconcile; ``outcome`` is what to store and post."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.status.message)
+        self.outcome = outcome
+
+
+@dataclass
+class _Batch:
+    """One reconcile's view of one batch: what every stage reads, and the Events so far."""
+
+    batch: SierraBatch
+    ref: BatchRef
+    generation: int | None
+    previous: BatchStatus
+    settings: OperatorSettings
+    kube_api: ApiClient
+    now: datetime
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def spec(self) -> SierraBatchSpec:
+        return self.batch.spec
+
+    @property
+    def image(self) -> ImageSpec:
+        assert self.spec.image is not None  # checked by _validated
+        return self.spec.image
+
+    def stop(
+        self,
+        status: BatchStatus,
+        type_: str,
+        reason: str,
+        message: str,
+        phase: BatchPhase,
+        summary: str | None = None,
+    ) -> _Stop:
+        """A :class:`_Stop` keeping the Events gathered so far."""
+        outcome = _blocked(status, self.now, type_, reason, message, phase, summary)
+        outcome.events = self.events + outcome.events
+        return _Stop(outcome)
 
 
 def read_status(raw: Mapping[str, Any] | None) -> BatchStatus:
@@ -75,11 +130,14 @@ def _changed(before: BatchStatus, after: BatchStatus, type_: str) -> bool:
     return old.get(type_) != new.get(type_)
 
 
-def batch_prefect(batch: SierraBatch, namespace: str, uid: str, api_url: str) -> PrefectBatch:
+def batch_prefect(
+    batch: SierraBatch, namespace: str, uid: str, api_url: str, api_key: str | None = None
+) -> PrefectBatch:
     """The batch's pool, queue and deployment on its Prefect server."""
     spec = batch.spec
     return PrefectBatch(
         api_url=api_url,
+        api_key=api_key,
         batch_id=uid,
         pool=spec.prefect.work_pool or names.cluster_pool(namespace, batch.metadata.name),
         queue=spec.prefect.work_queue or names.DEFAULT_QUEUE,
@@ -120,54 +178,96 @@ async def reconcile(
     kube_api: ApiClient,
     now: datetime,
     cache: dict[tuple[str, str, str], PrefectBatch] | None = None,
+    images: ImageStage | None = None,
 ) -> Outcome:
     """Bring one batch one step closer to done; returns the status to store.
 
     ``cache`` keeps each batch's :class:`PrefectBatch` between reconciles so flow runs
     already final are not read again (an optimisation only: an empty cache is correct).
+    ``images`` keeps builds in flight between reconciles (one per operator).
     """
     meta = body.get("metadata", {})
-    namespace, uid = meta["namespace"], meta["uid"]
     previous = read_status(body.get("status"))
     status = previous.model_copy(update={"observed_generation": meta.get("generation")})
     try:
+        batch = _validated(body, status, now)
+        status = _condition(status, now, "Valid", True, "Valid")
+        if previous.phase in TERMINAL_PHASES and _is_true(previous, "Complete"):
+            # Final: workers were scaled to 0 in the reconcile that reached this phase (and
+            # the phase was only stored after that succeeded). A finished batch is not
+            # restarted; one that failed validation is retried once its spec is fixed.
+            return Outcome(previous)
+        ctx = _Batch(
+            batch,
+            BatchRef(batch.metadata.name, meta["namespace"], meta["uid"]),
+            meta.get("generation"),
+            previous,
+            settings,
+            kube_api,
+            now,
+        )
+        return await _stages(ctx, status, cache, images or ImageStage(settings.docker_host))
+    except _Stop as stop:
+        return stop.outcome
+
+
+def _validated(body: Mapping[str, Any], status: BatchStatus, now: datetime) -> SierraBatch:
+    """The parsed batch, or a stop with ``Valid=False`` naming the field."""
+
+    def invalid(reason: str, message: str) -> _Stop:
+        return _Stop(_blocked(status, now, "Valid", reason, message, BatchPhase.FAILED))
+
+    try:
         batch = parse_batch(dict(body))
     except SpecError as exc:
-        return _blocked(status, now, "Valid", "InvalidSpec", str(exc), BatchPhase.FAILED)
-    spec = batch.spec
-    if spec.image is None:
-        return _blocked(
-            status,
-            now,
-            "Valid",
+        raise invalid("InvalidSpec", str(exc)) from None
+    if batch.spec.image is None:
+        raise invalid(
             "InvalidSpec",
             "spec.image: required in the cluster (the image every run pod uses); add "
             "spec.image.repository and spec.image.tag",
-            BatchPhase.FAILED,
         )
-    if spec.experiments is None:
-        return _blocked(
-            status,
-            now,
-            "Valid",
+    if batch.spec.experiments is None:
+        raise invalid(
             "NotSupported",
             "spec.commandsFile and spec.sierra are not supported by the operator yet; use "
             "inline spec.experiments, or `sierra-operator local` for SIERRA commands files",
-            BatchPhase.FAILED,
         )
-    status = _condition(status, now, "Valid", True, "Valid")
-    if previous.phase in TERMINAL_PHASES and _is_true(previous, "Complete"):
-        # Final: workers were scaled to 0 in the reconcile that reached this phase (and the
-        # phase was only stored after that succeeded). A finished batch is not restarted;
-        # one that failed validation is retried once its spec is fixed.
-        return Outcome(previous)
-    plan: Plan = plan_from_experiments(spec.experiments)
+    return batch
 
-    api_url = api_url_of(batch, settings)
-    if not api_url:
-        return _blocked(
+
+async def _stages(
+    ctx: _Batch,
+    status: BatchStatus,
+    cache: dict[tuple[str, str, str], PrefectBatch] | None,
+    images: ImageStage,
+) -> Outcome:
+    api_url = _api_url(ctx, status)
+    status, image = await _image(ctx, status, images)
+    prefect = await _prefect(ctx, status, api_url, cache)
+    if ctx.previous.phase in (BatchPhase.PENDING, BatchPhase.BUILDING):
+        status = status.model_copy(
+            update={"phase": BatchPhase.PROVISIONING, "work_pool": prefect.pool}
+        )
+    status = await _children(ctx, status, prefect, api_url)
+    try:
+        status = await _pool(ctx, status, prefect, image, api_url)
+        return await _advance(ctx, status, prefect)
+    except PREFECT_ERRORS as exc:
+        raise ctx.stop(
             status,
-            now,
+            "PoolReady",
+            "PrefectUnavailable",
+            f"Prefect API {api_url} failed: {type(exc).__name__}: {exc}; retrying",
+            status.phase,
+        ) from None
+
+
+def _api_url(ctx: _Batch, status: BatchStatus) -> str:
+    api_url = api_url_of(ctx.batch, ctx.settings)
+    if not api_url:
+        raise ctx.stop(
+            status,
             "PoolReady",
             "NoPrefectApiUrl",
             "no Prefect API: set spec.prefect.apiUrl, or SIERRA_OPERATOR_PREFECT_API_URL "
@@ -175,84 +275,144 @@ async def reconcile(
             BatchPhase.PENDING,
             summary="waiting for a Prefect API URL",
         )
+    return api_url
 
-    ref = BatchRef(batch.metadata.name, namespace, uid)
-    prefect = batch_prefect(batch, namespace, uid, api_url)
-    if cache is not None:
-        prefect = cache.setdefault((uid, api_url, prefect.pool), prefect)
-    image = f"{spec.image.repository}:{spec.image.tag}"
-    worker = names.worker_name(ref.name)
 
-    events: list[tuple[str, str, str]] = []
-    if previous.phase is BatchPhase.PENDING:
-        status = status.model_copy(
-            update={"phase": BatchPhase.PROVISIONING, "work_pool": prefect.pool}
+async def _image(ctx: _Batch, status: BatchStatus, images: ImageStage) -> tuple[BatchStatus, str]:
+    """The image run pods use (built, pushed and pinned first if asked)."""
+    got = await images.ensure(
+        ImageRequest(
+            ctx.ref.uid, ctx.ref.namespace, ctx.image, ctx.previous, ctx.generation, ctx.kube_api
         )
-    # Children are checked (GET each) when the spec is new or changed, not on every tick:
-    # the tick rate then costs Prefect reads only.
-    if previous.observed_generation != meta.get("generation") or not _is_true(
-        previous, "StorageReady"
+    )
+    ctx.events += got.events
+    if got.image is None:
+        stop = ctx.stop(status, "ImageReady", got.reason, got.message, got.phase)
+        if got.reason == "Building":  # progress, not a problem: the milestones are the Events
+            stop.outcome.events = list(got.events)
+        raise stop
+    status = _condition(status, ctx.now, "ImageReady", True, got.reason, got.message)
+    return status.model_copy(update={"image": got.status}), got.image
+
+
+async def _prefect(
+    ctx: _Batch,
+    status: BatchStatus,
+    api_url: str,
+    cache: dict[tuple[str, str, str], PrefectBatch] | None,
+) -> PrefectBatch:
+    """The batch's Prefect objects, with the API key from ``spec.prefect.apiKeySecret`` (or
+    the operator's own key for its default server)."""
+    api_key = ctx.settings.prefect_api_key if api_url == ctx.settings.prefect_api_url else None
+    ref = ctx.spec.prefect.api_key_secret
+    if ref is not None:
+        data = await kube.read_secret(ctx.kube_api, ctx.ref.namespace, ref.name)
+        if data is None or ref.key not in data:
+            raise ctx.stop(
+                status,
+                "PoolReady",
+                "PrefectApiKeyMissing",
+                f"spec.prefect.apiKeySecret: Secret {ref.name!r} with key {ref.key!r} not found "
+                f"in namespace {ctx.ref.namespace}; create it: kubectl create secret generic "
+                f"{ref.name} --from-literal={ref.key}=<api key>",
+                BatchPhase.PENDING,
+            )
+        api_key = data[ref.key].decode().strip()
+    prefect = batch_prefect(ctx.batch, ctx.ref.namespace, ctx.ref.uid, api_url, api_key)
+    if cache is not None:
+        cached = cache.setdefault((ctx.ref.uid, api_url, prefect.pool), prefect)
+        cached.api_key = api_key  # a rotated key is used from the next reconcile on
+        prefect = cached
+    return prefect
+
+
+async def _children(
+    ctx: _Batch, status: BatchStatus, prefect: PrefectBatch, api_url: str
+) -> BatchStatus:
+    """PVC, worker RBAC and Deployment; checked (GET each) only when the spec is new or
+    changed, so the tick rate costs Prefect reads only."""
+    if ctx.previous.observed_generation != ctx.generation or not _is_true(
+        ctx.previous, "StorageReady"
     ):
-        worker_config = WorkerConfig(prefect.pool, prefect.queue, api_url, settings.worker_image)
+        worker = WorkerConfig(prefect.pool, prefect.queue, api_url, ctx.settings.worker_image)
+        # A changed spec reaches the worker Deployment (Prefect URL, replicas); the other
+        # children are the same for any spec, and a PVC's spec cannot change.
+        changed = ctx.previous.observed_generation not in (None, ctx.generation)
         created = [
             f"{manifest['kind']}/{manifest['metadata']['name']}"
-            for manifest in render_children(ref, spec, worker_config)
-            if await kube.ensure(kube_api, manifest)
+            for manifest in render_children(ctx.ref, ctx.spec, worker)
+            if await kube.ensure(
+                ctx.kube_api, manifest, update=changed and manifest["kind"] == "Deployment"
+            )
         ]
         if created:
-            events.append(("Normal", "Created", "created " + ", ".join(created)))
-    claim = claim_name(ref, spec)
-    adopted = spec.sierra_root.claim_name is not None
-    status = _condition(
+            ctx.events.append(("Normal", "Created", "created " + ", ".join(created)))
+    root = ctx.spec.sierra_root
+    return _condition(
         status,
-        now,
+        ctx.now,
         "StorageReady",
         True,
-        "Adopted" if adopted else "Created",
-        f"sierra-root is PVC {claim} mounted at {spec.sierra_root.mount_path}",
+        "Adopted" if root.claim_name is not None else "Created",
+        f"sierra-root is PVC {claim_name(ctx.ref, ctx.spec)} mounted at {root.mount_path}",
     )
 
-    if not _is_true(previous, "PoolReady"):
+
+async def _pool(
+    ctx: _Batch, status: BatchStatus, prefect: PrefectBatch, image: str, api_url: str
+) -> BatchStatus:
+    """Work pool, queue and deployment once; the job template again when the image changed."""
+    image_changed = ctx.previous.image != status.image
+    if not _is_true(ctx.previous, "PoolReady") or image_changed:
         template = render_base_job_template(
             default_kubernetes_template(),
-            spec,
+            ctx.spec,
             image=image,
-            namespace=namespace,
-            service_account=worker,
-            claim_name=claim,
+            namespace=ctx.ref.namespace,
+            service_account=names.worker_name(ctx.ref.name),
+            claim_name=claim_name(ctx.ref, ctx.spec),
         )
         try:
             await prefect.ensure_pool(template)
         except PoolConflict as exc:
             # Not fatal: fixing spec.prefect.workPool (or deleting the stale pool) recovers.
-            return _blocked(status, now, "PoolReady", "PoolNameTaken", str(exc), BatchPhase.PENDING)
-        await prefect.ensure_deployment(spec.sierra_root.mount_path)
-        events.append(("Normal", "PoolReady", f"work pool {prefect.pool} on {api_url}"))
-    status = _condition(status, now, "PoolReady", True, "Created", f"work pool {prefect.pool}")
-    status = status.model_copy(update={"work_pool": prefect.pool, "image": ImageStatus(ref=image)})
+            raise ctx.stop(
+                status, "PoolReady", "PoolNameTaken", str(exc), BatchPhase.PENDING
+            ) from None
+        if _is_true(ctx.previous, "PoolReady"):
+            # A rebuilt image: runs created from now on use the new digest.
+            await prefect.update_base_job_template(template)
+            ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
+        else:
+            await prefect.ensure_deployment(ctx.spec.sierra_root.mount_path)
+            ctx.events.append(("Normal", "PoolReady", f"work pool {prefect.pool} on {api_url}"))
+    status = _condition(status, ctx.now, "PoolReady", True, "Created", f"work pool {prefect.pool}")
+    return status.model_copy(update={"work_pool": prefect.pool})
 
+
+async def _advance(ctx: _Batch, status: BatchStatus, prefect: PrefectBatch) -> Outcome:
+    """Observe the runs, let the state machine decide, submit what it asks for."""
+    spec = ctx.spec
+    assert spec.experiments is not None  # checked by _validated
     observed = await prefect.observe()
     decision = decide(
         spec.execution,
-        plan,
+        plan_from_experiments(spec.experiments),
         observed,
         status,
-        now,
+        ctx.now,
         suspend=spec.suspend,
-        generation=meta.get("generation"),
+        generation=ctx.generation,
     )
-    batch_root = f"{spec.sierra_root.mount_path.rstrip('/')}/{ref.name}"
+    parameters = {
+        "batch_id": ctx.ref.uid,
+        "batch_root": f"{spec.sierra_root.mount_path.rstrip('/')}/{ctx.ref.name}",
+        "workdir": spec.sierra_root.mount_path,
+        "timeout_seconds": spec.execution.run_timeout_seconds,
+    }
     for action in decision.actions:
-        await prefect.submit_each(
-            action,
-            {
-                "batch_id": uid,
-                "batch_root": batch_root,
-                "workdir": spec.sierra_root.mount_path,
-                "timeout_seconds": spec.execution.run_timeout_seconds,
-            },
-        )
-        events.append(
+        await prefect.submit_each(action, parameters)
+        ctx.events.append(
             (
                 "Normal",
                 "ExperimentStarted",
@@ -261,15 +421,17 @@ async def reconcile(
         )
     status = decision.status
     if status.phase in TERMINAL_PHASES:
-        await kube.scale_workers(kube_api, namespace, worker, 0)
+        await kube.scale_workers(
+            ctx.kube_api, ctx.ref.namespace, names.worker_name(ctx.ref.name), 0
+        )
         kind = "Normal" if status.phase is BatchPhase.SUCCEEDED else "Warning"
-        events.append((kind, status.phase.value, status.message))
-    return Outcome(status, events)
+        ctx.events.append((kind, status.phase.value, status.message))
+    return Outcome(status, ctx.events)
 
 
 async def finalize(
-    body: Mapping[str, Any], settings: OperatorSettings
-) -> list[tuple[str, str, str]]:
+    body: Mapping[str, Any], settings: OperatorSettings, kube_api: ApiClient | None = None
+) -> list[Event]:
     """On delete: cancel live runs, delete pool and deployment. Never blocks deletion."""
     meta = body.get("metadata", {})
     try:
@@ -279,7 +441,12 @@ async def finalize(
     api_url = api_url_of(batch, settings)
     if not api_url:
         return []
-    prefect = batch_prefect(batch, meta["namespace"], meta["uid"], api_url)
+    api_key = settings.prefect_api_key if api_url == settings.prefect_api_url else None
+    ref = batch.spec.prefect.api_key_secret
+    if ref is not None and kube_api is not None:
+        data = await kube.read_secret(kube_api, meta["namespace"], ref.name) or {}
+        api_key = data[ref.key].decode().strip() if ref.key in data else None
+    prefect = batch_prefect(batch, meta["namespace"], meta["uid"], api_url, api_key)
     try:
         left = await prefect.cancel_active(timeout=20)
         await prefect.cleanup()

@@ -6,13 +6,16 @@
 - ``SIERRA_OPERATOR_RECONCILE_SECONDS``: how often each batch is reconciled (1).
 - ``SIERRA_OPERATOR_LOG_LEVEL``: operator log level (INFO).
 - ``SIERRA_OPERATOR_NAMESPACES``: comma-separated namespaces to watch (default: all).
+- ``DOCKER_HOST``: the Docker engine that builds ``spec.image.build`` (docker's own variable).
+- ``PREFECT_API_KEY``: API key for the default Prefect API (the chart takes it from a
+  Secret); batches with ``spec.prefect.apiKeySecret`` use theirs. Never logged.
 """
 
 from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from sierra_operator import __version__
 
@@ -29,6 +32,16 @@ class OperatorSettings(BaseModel):
     reconcile_seconds: float = Field(default=1.0, gt=0, description="Reconcile interval.")
     log_level: str = Field(default="INFO", description="Log level.")
     namespaces: list[str] = Field(default_factory=list, description="Watched; empty: all.")
+    docker_host: str | None = Field(default=None, description="Engine for image builds.")
+    prefect_api_key_secret: SecretStr | None = Field(
+        default=None, description="API key for the default Prefect API."
+    )
+
+    @property
+    def prefect_api_key(self) -> str | None:
+        """The default API's key in clear, for the client only."""
+        key = self.prefect_api_key_secret
+        return key.get_secret_value() if key is not None else None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -46,6 +59,10 @@ class OperatorSettings(BaseModel):
             values["namespaces"] = [
                 ns.strip() for ns in env["SIERRA_OPERATOR_NAMESPACES"].split(",") if ns.strip()
             ]
+        if env.get("PREFECT_API_KEY"):
+            values["prefect_api_key_secret"] = env["PREFECT_API_KEY"]
+        if env.get("DOCKER_HOST"):
+            values["docker_host"] = env["DOCKER_HOST"]
         if env.get("SIERRA_OPERATOR_LOG_LEVEL"):
             values["log_level"] = env["SIERRA_OPERATOR_LOG_LEVEL"]
         return cls.model_validate(values)

@@ -9,6 +9,7 @@ controller).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -26,10 +27,12 @@ import yaml
 
 from sierra_operator.server import ManagedProcess, free_port
 from tests.integration.helpers import inline_batch
+from tests.kube_api import AUDIT_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 BATCHES = "/apis/sierra.research.io/v1alpha1"
 VENV_BIN = str(Path(sys.executable).parent)
+OPERATOR_USER = "system:serviceaccount:sierra-system:sierra-operator"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.3) -> Any:
@@ -80,6 +83,29 @@ class KubeAPI:
         with self.http() as http:
             http.delete(f"{BATCHES}/namespaces/{namespace}/sierrabatches/{name}").raise_for_status()
 
+    def create_secret(self, namespace: str, name: str, dockerconfigjson: str) -> None:
+        """A kubernetes.io/dockerconfigjson Secret, as `kubectl create secret docker-registry`."""
+        self.create_generic_secret(
+            namespace,
+            name,
+            {".dockerconfigjson": dockerconfigjson},
+            "kubernetes.io/dockerconfigjson",
+        )
+
+    def create_generic_secret(
+        self, namespace: str, name: str, values: dict[str, str], type_: str = "Opaque"
+    ) -> None:
+        """A Secret holding ``values``, as `kubectl create secret generic --from-literal`."""
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "type": type_,
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+        }
+        with self.http() as http:
+            http.post(f"/api/v1/namespaces/{namespace}/secrets", json=doc).raise_for_status()
+
     def events(self, namespace: str) -> list[dict[str, Any]]:
         found = self.get(f"/api/v1/namespaces/{namespace}/events") or {}
         return list(found.get("items", []))
@@ -87,6 +113,36 @@ class KubeAPI:
     def phase(self, namespace: str, name: str) -> str | None:
         obj = self.batch(namespace, name) or {}
         return (obj.get("status") or {}).get("phase")
+
+
+def write_kubeconfig(path: Path, url: str, user: str) -> Path:
+    """A kubeconfig whose bearer token names ``user``: the emulator's audit log identity."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulated", "cluster": {"server": url}}],
+                "users": [{"name": user, "user": {"token": user}}],
+                "contexts": [{"name": "c", "context": {"cluster": "emulated", "user": user}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path
+
+
+def worker_user(namespace: str, name: str) -> str:
+    """The identity of a batch's worker pods: its ServiceAccount, as in a real cluster."""
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def audit(tmp: Path) -> list[dict[str, Any]]:
+    """The emulated API server's audit log so far (tests/kube_api.py)."""
+    path = tmp / AUDIT_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def start_kube_api(tmp: Path, namespaces: list[str]) -> KubeAPI:
@@ -100,19 +156,7 @@ def start_kube_api(tmp: Path, namespaces: list[str]) -> KubeAPI:
     )
     wait_for(url_file.exists, 30, "the Kubernetes API emulator")
     url = url_file.read_text().strip()
-    kubeconfig = tmp / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emulated", "cluster": {"server": url}}],
-                "users": [{"name": "operator", "user": {"token": "not-checked"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "emulated", "user": "operator"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp / "kubeconfig", url, OPERATOR_USER)
     api = KubeAPI(url, kubeconfig, proc)
     crd = yaml.safe_load((REPO / "crds" / "sierrabatch.yaml").read_text())
     with api.http() as http:
@@ -130,6 +174,7 @@ class Operator:
     process: ManagedProcess | None = None
     liveness_port: int = field(default_factory=free_port)
     reconcile_seconds: float = 1.0
+    docker_host: str | None = None
 
     def start(self, via_kopf: bool = False) -> Operator:
         """Start it (both ways of running the operator are supported and tested)."""
@@ -141,6 +186,9 @@ class Operator:
             SIERRA_OPERATOR_RECONCILE_SECONDS=str(self.reconcile_seconds),
             PREFECT_HOME=tempfile.mkdtemp(prefix="sierra-op-home-"),
         )
+        env.pop("DOCKER_HOST", None)
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
         if via_kopf:
             argv = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces"]
             argv += ["-m", "sierra_operator.handlers"]
@@ -179,12 +227,20 @@ class Workers:
             f"Deployment {namespace}/{name}",
         )
         container = dep["spec"]["template"]["spec"]["containers"][0]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         env = dict(os.environ)
         env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
         env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
         env.update(
-            KUBECONFIG=str(self.kube.kubeconfig),  # in a pod: the ServiceAccount token
+            # In a pod: the ServiceAccount's token. Here: a kubeconfig naming that account.
+            KUBECONFIG=str(
+                write_kubeconfig(
+                    self.log_dir / f"kubeconfig-{namespace}-{name}",
+                    self.kube.url,
+                    worker_user(namespace, container_sa(dep)),
+                )
+            ),
             PREFECT_HOME=tempfile.mkdtemp(prefix="sierra-worker-home-"),
             PREFECT_WORKER_WEBSERVER_PORT=str(port),
             PREFECT_WORKER_QUERY_SECONDS="1",
@@ -202,6 +258,11 @@ class Workers:
     def stop(self) -> None:
         for worker in self.processes:
             worker.stop(grace=15)
+
+
+def container_sa(deployment: dict[str, Any]) -> str:
+    """The ServiceAccount a Deployment's pods run as."""
+    return str(deployment["spec"]["template"]["spec"]["serviceAccountName"])
 
 
 def batch_doc(

@@ -58,10 +58,21 @@ def local_cmd(batch: Path, root: Path, api_url: str | None, *extra: str) -> list
     return cmd + list(extra)
 
 
-def run_local(batch: Path, root: Path, api_url: str | None, *extra: str, timeout: float = 300):
+def run_local(
+    batch: Path,
+    root: Path,
+    api_url: str | None,
+    *extra: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+):
     """Run local mode to the end; returns the CompletedProcess (text)."""
     return subprocess.run(
-        local_cmd(batch, root, api_url, *extra), capture_output=True, text=True, timeout=timeout
+        local_cmd(batch, root, api_url, *extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 

@@ -13,7 +13,6 @@ from prefect_kubernetes.worker import KubernetesWorker
 
 from sierra_operator.job_template import default_kubernetes_template, render_base_job_template
 from sierra_operator.manifests import (
-    WORKER_RULES,
     BatchRef,
     WorkerConfig,
     render_children,
@@ -21,6 +20,7 @@ from sierra_operator.manifests import (
     render_worker_deployment,
 )
 from sierra_operator.model import SierraBatchSpec
+from sierra_operator.rbac import WORKER_RULES
 
 pytestmark = pytest.mark.unit
 
@@ -99,7 +99,7 @@ def test_existing_claim_is_adopted_not_created():
 
 def test_worker_role_is_namespaced_and_minimal():
     role = next(o for o in children() if o["kind"] == "Role")
-    assert role["rules"] == WORKER_RULES
+    assert role["rules"] == list(WORKER_RULES)
     verbs = {
         (g, r, v)
         for rule in role["rules"]

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sierra_operator.model import BatchPhase, BatchStatus, Condition
-from sierra_operator.reconciler import read_status, reconcile, status_patch
+from sierra_operator.model import BatchPhase, BatchStatus, Condition, parse_batch
+from sierra_operator.reconciler import batch_prefect, read_status, reconcile, status_patch
 from sierra_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -89,6 +89,15 @@ def test_settings_from_env():
         ).prefect_api_url
         == "http://b/api"
     )
+
+
+def test_api_key_and_docker_host_settings_never_show_the_key():
+    s = OperatorSettings.from_env({"PREFECT_API_KEY": "pnu_abc123", "DOCKER_HOST": "tcp://d:2375"})
+    assert s.prefect_api_key == "pnu_abc123" and s.docker_host == "tcp://d:2375"
+    assert "pnu_abc123" not in repr(s) and "pnu_abc123" not in str(s.model_dump())
+    assert OperatorSettings.from_env({}).prefect_api_key is None
+    batch = batch_prefect(parse_batch(body()), "ns", "uid", "http://p/api", "pnu_abc123")
+    assert "pnu_abc123" not in repr(batch)
 
 
 def test_fixed_spec_recovers_from_a_validation_failure():

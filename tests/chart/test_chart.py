@@ -1,0 +1,226 @@
+"""The Helm chart, rendered by the real helm binary (scripts/install_helm.py puts it in .venv).
+
+Every rendered object must parse as the Kubernetes kind it claims, field for field (a
+misspelled or misplaced field fails the round trip through the client's models); the RBAC,
+CRD, version and settings the chart carries must be the code's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_asyncio.client import ApiClient
+
+from sierra_operator import __version__, rbac
+from sierra_operator.settings import OperatorSettings
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "sierra-operator"
+HELM = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
+
+pytestmark = pytest.mark.unit
+
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "external-prefect": [
+        "--set", "prefect.server.enabled=false",
+        "--set", "prefect.apiUrl=https://prefect.example.org/api",
+        "--set", "prefect.apiKeySecret.name=prefect-cloud",
+    ],
+    "dind": ["--set", "docker.dind.enabled=true"],
+    "docker-host-namespaced": [
+        "--set", "docker.host=tcp://buildkit.builds:2375",
+        "--set", "operator.watchNamespaces={lab-a,lab-b}",
+        "--set", "operator.workerImage=registry.example.org/worker:1",
+    ],
+}  # fmt: skip
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    assert HELM is not None, "no helm: `python scripts/install_helm.py` (scripts/test runs it)"
+    return subprocess.run([HELM, *args], capture_output=True, text=True, check=check)
+
+
+def render(*flags: str) -> list[dict[str, Any]]:
+    out = helm("template", "sierra-operator", str(CHART), "-n", "sierra-system", *flags).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def operator_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "sierra-operator"]
+    return dep
+
+
+def operator_containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        c["name"]: c for c in operator_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    }
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return operator_containers(docs)["operator"]
+
+
+class _Response:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.data = json.dumps(doc)
+
+
+def _model_name(doc: dict[str, Any]) -> str:
+    version = doc["apiVersion"].split("/")[-1]
+    return f"{version.capitalize()}{doc['kind']}"
+
+
+def _prune(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _prune(v) for k, v in node.items() if v is not None and v != {} and v != []}
+    if isinstance(node, list):
+        return [_prune(v) for v in node]
+    return node
+
+
+async def round_trip(docs: list[dict[str, Any]]) -> list[Any]:
+    """Each object through the client's model of its kind and back."""
+    async with ApiClient() as api:
+        return [
+            api.sanitize_for_serialization(api.deserialize(_Response(doc), _model_name(doc)))
+            for doc in docs
+        ]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lint_and_every_object_parses_as_its_kind(variant: str) -> None:
+    lint = helm("lint", "--strict", str(CHART), *VARIANTS[variant], check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = render(*VARIANTS[variant])
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Pod"} <= kinds
+    for doc, back in zip(docs, asyncio.run(round_trip(docs)), strict=True):
+        assert _prune(back) == _prune(doc), f"{doc['kind']} {doc['metadata']['name']}: fields lost"
+
+
+def test_chart_crds_are_the_repos_crds() -> None:
+    chart_crds = sorted(p.name for p in (CHART / "crds").iterdir())
+    assert chart_crds == sorted(p.name for p in (REPO / "crds").iterdir())
+    for name in chart_crds:
+        assert (CHART / "crds" / name).read_text() == (REPO / "crds" / name).read_text(), (
+            f"charts/sierra-operator/crds/{name} differs: copy crds/{name} over it"
+        )
+
+
+def test_cluster_role_is_exactly_the_codes_calls() -> None:
+    generated = subprocess.run(
+        [sys.executable, "-m", "sierra_operator.cli", "rbac"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert (CHART / "files" / "rbac-rules.yaml").read_text() == generated, (
+        "regenerate: sierra-operator rbac > charts/sierra-operator/files/rbac-rules.yaml"
+    )
+    (role,) = by_kind(render(), "ClusterRole")
+    assert rbac.calls_of(role["rules"]) == rbac.operator_calls()
+    assert not any("*" in v for rule in role["rules"] for v in rule.values()), "no wildcards"
+    (binding,) = by_kind(render(), "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sierra-operator", "namespace": "sierra-system"}
+    ]
+    without = render("--set", "rbac.create=false")
+    assert not by_kind(without, "ClusterRole") and not by_kind(without, "ClusterRoleBinding")
+
+
+def test_versions_agree() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["version"] == chart["appVersion"] == project["version"] == __version__
+
+
+def test_operator_reads_the_settings_the_chart_gives_it() -> None:
+    docs = render(*VARIANTS["docker-host-namespaced"])
+    container = operator_container(docs)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = OperatorSettings.from_env(env)
+    assert settings.namespaces == ["lab-a", "lab-b"]
+    assert settings.worker_image == "registry.example.org/worker:1"
+    (server,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-prefect")]
+    port = server["spec"]["ports"][0]["port"]
+    name = server["metadata"]["name"]
+    assert settings.prefect_api_url == f"http://{name}.sierra-system.svc:{port}/api"
+    assert env["DOCKER_HOST"] == "tcp://buildkit.builds:2375"
+    default = OperatorSettings.from_env(
+        {e["name"]: e["value"] for e in operator_container(render())["env"] if "value" in e}
+    )
+    assert default.namespaces == [] and default.worker_image.endswith(f":{__version__}")
+
+
+def test_external_prefect_uses_its_url_and_key_from_a_secret() -> None:
+    docs = render(*VARIANTS["external-prefect"])
+    assert not [d for d in docs if "prefect-server" in json.dumps(d.get("metadata", {}))]
+    env = {e["name"]: e for e in operator_container(docs)["env"]}
+    assert env["SIERRA_OPERATOR_PREFECT_API_URL"]["value"] == "https://prefect.example.org/api"
+    assert env["PREFECT_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "prefect-cloud",
+        "key": "api-key",
+    }
+    assert "value" not in env["PREFECT_API_KEY"], "the key itself never appears in the manifest"
+
+
+def test_operator_pod_is_locked_down_and_probed() -> None:
+    container = operator_container(render())
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    dep = operator_deployment(render())
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert dep["spec"]["strategy"]["type"] == "Recreate", "never two operators at once"
+    liveness = container["args"][container["args"].index("--liveness") + 1]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz"
+        assert liveness.endswith(f":{container['ports'][0]['containerPort']}/healthz")
+    containers = operator_containers(render(*VARIANTS["dind"]))
+    assert containers["dind"]["securityContext"]["privileged"] is True
+    env = {e["name"]: e.get("value") for e in containers["operator"]["env"]}
+    assert env["DOCKER_HOST"] == "tcp://127.0.0.1:2375"
+
+
+def test_helm_test_hook_checks_operator_and_prefect() -> None:
+    (pod,) = by_kind(render(), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    urls = [a for a in pod["spec"]["containers"][0]["args"] if a.startswith("http://")]
+    assert any(u.endswith("/healthz") for u in urls) and any(
+        u.endswith("/api/health") for u in urls
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "names"),
+    [
+        (["--set", "operator.logLevel=LOUD"], ["logLevel", "INFO"]),
+        (["--set", "operator.loglevel=INFO"], ["loglevel"]),
+        (["--set", "operator.reconcileSeconds=0"], ["reconcileSeconds"]),
+        (["--set", "prefect.apiUrl=prefect:4200"], ["apiUrl"]),
+        (["--set", "prefect.server.enabled=false"], ["prefect.apiUrl", "prefect.server.enabled"]),
+        (
+            ["--set", "docker.dind.enabled=true", "--set", "docker.host=tcp://x:2375"],
+            ["docker.host"],
+        ),
+    ],
+)
+def test_bad_values_are_refused_naming_the_value(flags: list[str], names: list[str]) -> None:
+    out = helm("template", "sierra-operator", str(CHART), *flags, check=False)
+    assert out.returncode != 0, f"{flags} was accepted"
+    for name in names:
+        assert name in out.stderr, out.stderr
