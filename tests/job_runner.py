@@ -98,6 +98,16 @@ class JobRunner:
         with httpx.Client(base_url=self.api_url, timeout=10) as http:
             http.patch(path, json=status, headers={"content-type": "application/merge-patch+json"})
 
+    def kill_pod(self, namespace: str) -> str | None:
+        """SIGKILL the process of one running Job in ``namespace``, as an OOM kill or a lost
+        node would end its pod; the Job then fails like any other. Returns the Job's name."""
+        for uid, proc in list(self._procs.items()):
+            job = self.started[uid]["metadata"]
+            if job["namespace"] == namespace and proc.poll() is None:
+                proc.kill()
+                return str(job["name"])
+        return None
+
     def running(self) -> int:
         """Jobs whose process is still executing."""
         return sum(proc.poll() is None for proc in self._procs.values())

@@ -8,6 +8,10 @@ per-flow-run cost (a fresh Python process importing prefect) off every run.
 Each run writes stdout/stderr to files under the batch's scratch dir, sends their tails to
 Prefect's logs and leaves a durable record (:mod:`sierra_operator.ledger`) that ``--resume``
 trusts.
+
+:func:`plan_batch` is the cluster's planning step: the operator cannot read the PVC, so a
+flow run in a pod that mounts it reads ``spec.commandsFile`` and publishes the plan as an
+artifact.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sierra_operator import names
 from sierra_operator.ledger import RunRecord, run_paths, write_record
-from sierra_operator.plan import PlannedRun
+from sierra_operator.loader import plan_from_commands_file
+from sierra_operator.plan import PlannedRun, plan_to_json
 
 LOG_TAIL_LINES = 200
 
@@ -190,3 +196,21 @@ def run_experiment(
             f"{experiment}: run(s) {', '.join(map(str, failed))} failed; see their task runs"
         )
     return {"succeeded": len(states)}
+
+
+@flow(name=names.PLAN_FLOW_NAME, log_prints=True)
+def plan_batch(sierra_root: str, commands_file: str, batch_id: str, plan_key: str) -> str:
+    """Read the SIERRA commands file(s) under the mounted sierra-root, publish the plan.
+
+    Fails with the same message local mode gives (the missing path, the bad line), which the
+    operator puts into the batch's ``Planned`` condition.
+    """
+    plan, batch_root = plan_from_commands_file(Path(sierra_root), commands_file)
+    text = plan_to_json(plan, str(batch_root))
+    create_markdown_artifact(
+        key=names.plan_artifact_key(batch_id, plan_key),
+        markdown=text,
+        description=f"{len(plan.experiments)} experiments, {plan.total_runs} runs",
+    )
+    print(f"planned {len(plan.experiments)} experiments, {plan.total_runs} runs from {batch_root}")
+    return text

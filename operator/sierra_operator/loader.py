@@ -60,27 +60,35 @@ def load_plan(batch: SierraBatch, sierra_root: Path) -> tuple[Plan, Path]:
     if spec.experiments is not None:
         return plan_from_experiments(spec.experiments), sierra_root / batch.metadata.name
     if spec.commands_file is not None:
-        target = resolve_under_root(sierra_root, spec.commands_file)
-        try:
-            if target.is_dir():
-                files = {
-                    p.parent.name: p.read_text()
-                    for p in sorted((target / "exp-inputs").glob("*/commands.txt"))
-                }
-                return plan_from_experiment_commands(files, str(target / "exp-inputs")), target
-            return plan_from_batch_commands(target.read_text(), str(target)), target.parent
-        except FileNotFoundError:
-            raise SpecError(
-                f"spec.commandsFile: {target} does not exist; run SIERRA stage 1 first, or give "
-                "the path of the batch's commands.txt relative to --sierra-root"
-            ) from None
-        except PlanError as exc:
-            raise SpecError(f"spec.commandsFile: {exc}") from None
+        return plan_from_commands_file(sierra_root, spec.commands_file)
     raise SpecError(
         "spec.sierra: running SIERRA stage 1 is not supported in local mode yet; run "
         "`sierra-cli ... --pipeline 1` yourself and set spec.commandsFile to the batch's "
         "commands.txt"
     )
+
+
+def plan_from_commands_file(sierra_root: Path, commands_file: str) -> tuple[Plan, Path]:
+    """Plan and batch root from ``spec.commandsFile``: SIERRA's per-batch commands.txt, or a
+    batch root whose exp-inputs/<experiment>/commands.txt hold each experiment. Local mode
+    reads it here; in the cluster the planning flow run does, inside a pod that mounts the
+    PVC."""
+    target = resolve_under_root(sierra_root, commands_file)
+    try:
+        if target.is_dir():
+            files = {
+                p.parent.name: p.read_text()
+                for p in sorted((target / "exp-inputs").glob("*/commands.txt"))
+            }
+            return plan_from_experiment_commands(files, str(target / "exp-inputs")), target
+        return plan_from_batch_commands(target.read_text(), str(target)), target.parent
+    except FileNotFoundError:
+        raise SpecError(
+            f"spec.commandsFile: {target} does not exist; run SIERRA stage 1 first, or give "
+            "the path of the batch's commands.txt relative to sierra-root"
+        ) from None
+    except PlanError as exc:
+        raise SpecError(f"spec.commandsFile: {exc}") from None
 
 
 def load(path: Path, sierra_root: Path) -> LoadedBatch:

@@ -412,6 +412,10 @@ class BatchStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
     image: ImageStatus | None = Field(default=None, description="Image in use.")
     work_pool: str | None = Field(default=None, description="Prefect work pool of this batch.")
+    plan_key: str | None = Field(
+        default=None,
+        description="The planning flow run whose plan the batch runs (spec.commandsFile).",
+    )
     current_experiment: int | None = Field(
         default=None, description="Index of the experiment now executing (0-based)."
     )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 DEFAULT_LOCAL_POOL = "sierra-pool"
 DEFAULT_QUEUE = "sierra-queue"
 DEPLOYMENT_NAME = "sierra-run"
 EXPERIMENT_FLOW_NAME = "sierra-experiment"
 FLOW_ENTRYPOINT = "sierra_operator.flows.run_experiment"
+PLAN_DEPLOYMENT_NAME = "sierra-plan"
+PLAN_FLOW_NAME = "sierra-plan"
+PLAN_FLOW_ENTRYPOINT = "sierra_operator.flows.plan_batch"
 RUN_TASK_NAME = "sierra-run"
 MANAGED_BY = "sierra-operator"
 
@@ -14,6 +19,17 @@ MANAGED_BY = "sierra-operator"
 # per-run stdout/stderr and result records, and the batch status file.
 STATE_DIR = "scratch/sierra-operator"
 STATUS_FILE = "status.json"
+
+
+def plan_key(commands_file: str, generation: int | None) -> str:
+    """Names one planning of ``commands_file`` (a new generation may plan again)."""
+    digest = hashlib.sha256(commands_file.encode()).hexdigest()[:12]
+    return f"{digest}-g{generation or 0}"
+
+
+def plan_artifact_key(batch_id: str, key: str) -> str:
+    """Key of the artifact the planning flow run publishes (lowercase, digits, dashes)."""
+    return f"sierra-plan-{batch_id.lower()}-{key}"
 
 
 def batch_tag(batch_id: str) -> str:

@@ -14,6 +14,7 @@ order of their lines. Reading files is the caller's business (:mod:`sierra_opera
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -153,3 +154,32 @@ def _plan_from_groups(groups: Mapping[str, list[str]]) -> Plan:
             for name in ordered
         )
     )
+
+
+def plan_to_json(plan: Plan, batch_root: str) -> str:
+    """The plan as the planning flow run publishes it for the operator (a Prefect artifact)."""
+    return json.dumps(
+        {
+            "batchRoot": batch_root,
+            "experiments": [
+                {"name": e.name, "runs": [r.command for r in e.runs]} for e in plan.experiments
+            ],
+        },
+        separators=(",", ":"),
+    )
+
+
+def plan_from_json(text: str) -> tuple[Plan, str]:
+    """Inverse of :func:`plan_to_json`: the plan and its batch root."""
+    try:
+        doc = json.loads(text)
+        experiments = tuple(
+            PlannedExperiment(
+                str(e["name"]),
+                tuple(PlannedRun(i, str(cmd)) for i, cmd in enumerate(e["runs"])),
+            )
+            for e in doc["experiments"]
+        )
+        return Plan(experiments), str(doc["batchRoot"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"the published plan is not readable: {exc}") from None

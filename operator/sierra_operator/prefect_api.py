@@ -17,6 +17,8 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterTags,
@@ -59,6 +61,16 @@ def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
     return obj.state.type if obj.state is not None else None
 
 
+@dataclass(frozen=True)
+class PlanRun:
+    """Where the planning flow run of one spec generation stands."""
+
+    id: UUID
+    state: str  # "pending", "completed" or "failed"
+    text: str | None
+    message: str
+
+
 @dataclass
 class PrefectBatch:
     """One batch's objects on one Prefect server."""
@@ -73,6 +85,8 @@ class PrefectBatch:
     deployment_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
+    # Published plans already read, by plan key: (plan JSON, never changes once published).
+    plans: dict[str, str] = field(default_factory=dict)
 
     def client(self) -> PrefectClient:
         """A client bound to this batch's server, independent of any Prefect profile."""
@@ -132,31 +146,95 @@ class PrefectBatch:
             self.deployment_id = found.id
         return self.deployment_id
 
-    async def ensure_deployment(self, working_directory: str) -> UUID:
-        """Deployment of the experiment flow, imported by module path in the run process."""
-        from sierra_operator.flows import run_experiment
+    async def ensure_deployment(self, working_directory: str, planning: bool = False) -> UUID:
+        """Deployment of the experiment flow, imported by module path in the run process;
+        with ``planning``, also one of the planning flow (``spec.commandsFile``)."""
+        from sierra_operator.flows import plan_batch, run_experiment
 
         async with self.client() as client:
-            flow_id = await client.create_flow(run_experiment)
-            self.deployment_id = await client.create_deployment(
-                flow_id=flow_id,
-                name=self.deployment_name,
-                entrypoint=names.FLOW_ENTRYPOINT,
-                work_pool_name=self.pool,
-                work_queue_name=self.queue,
-                tags=[names.batch_tag(self.batch_id)],
-                # A pull step keeps `flow-run execute` from copying the cwd around, and sets
-                # where relative paths in commands resolve.
-                pull_steps=[
-                    {
-                        "prefect.deployments.steps.set_working_directory": {
-                            "directory": working_directory
-                        }
-                    }
-                ],
-                enforce_parameter_schema=False,
+            self.deployment_id = await self._deploy(
+                client,
+                run_experiment,
+                self.deployment_name,
+                names.FLOW_ENTRYPOINT,
+                working_directory,
             )
+            if planning:
+                await self._deploy(
+                    client,
+                    plan_batch,
+                    self.plan_deployment_name,
+                    names.PLAN_FLOW_ENTRYPOINT,
+                    working_directory,
+                )
         return self.deployment_id
+
+    async def _deploy(
+        self,
+        client: PrefectClient,
+        flow: Any,
+        name: str,
+        entrypoint: str,
+        working_directory: str,
+    ) -> UUID:
+        flow_id = await client.create_flow(flow)
+        return await client.create_deployment(
+            flow_id=flow_id,
+            name=name,
+            entrypoint=entrypoint,
+            work_pool_name=self.pool,
+            work_queue_name=self.queue,
+            tags=[names.batch_tag(self.batch_id)],
+            # A pull step keeps `flow-run execute` from copying the cwd around, and sets
+            # where relative paths in commands resolve.
+            pull_steps=[
+                {
+                    "prefect.deployments.steps.set_working_directory": {
+                        "directory": working_directory
+                    }
+                }
+            ],
+            enforce_parameter_schema=False,
+        )
+
+    @property
+    def plan_deployment_name(self) -> str:
+        """This batch's deployment of the planning flow."""
+        return f"{names.PLAN_DEPLOYMENT_NAME}-{self.batch_id}"
+
+    async def plan(self, sierra_root: str, commands_file: str, key: str) -> PlanRun:
+        """The planning flow run named ``key``: created once (idempotency key), then read
+        until it is final; its artifact holds the plan."""
+        async with self.client() as client:
+            deployment = await client.read_deployment_by_name(
+                f"{names.PLAN_FLOW_NAME}/{self.plan_deployment_name}"
+            )
+            run = await client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={
+                    "sierra_root": sierra_root,
+                    "commands_file": commands_file,
+                    "batch_id": self.batch_id,
+                    "plan_key": key,
+                },
+                name=f"plan-{key}",
+                tags=[names.batch_tag(self.batch_id), "sierra-plan"],
+                idempotency_key=f"{self.batch_id}/plan/{key}",
+            )
+            state = _state_type(run)
+            if state is StateType.COMPLETED:
+                artifacts = await client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
+                    ),
+                    limit=1,
+                )
+                text = str(artifacts[0].data) if artifacts else None
+                return PlanRun(run.id, "completed", text, "")
+            if state in FINAL_STATES:
+                message = run.state.message if run.state is not None else ""
+                return PlanRun(run.id, "failed", None, message or str(state))
+            return PlanRun(run.id, "pending", None, "")
 
     async def _create_run(
         self,

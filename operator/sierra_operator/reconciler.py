@@ -33,7 +33,7 @@ from sierra_operator.model import (
     SpecError,
     parse_batch,
 )
-from sierra_operator.plan import plan_from_experiments
+from sierra_operator.plan import Plan, PlanError, plan_from_experiments, plan_from_json
 from sierra_operator.prefect_api import PoolConflict, PrefectBatch
 from sierra_operator.settings import OperatorSettings
 
@@ -227,11 +227,12 @@ def _validated(body: Mapping[str, Any], status: BatchStatus, now: datetime) -> S
             "spec.image: required in the cluster (the image every run pod uses); add "
             "spec.image.repository and spec.image.tag",
         )
-    if batch.spec.experiments is None:
+    if batch.spec.sierra is not None:
         raise invalid(
             "NotSupported",
-            "spec.commandsFile and spec.sierra are not supported by the operator yet; use "
-            "inline spec.experiments, or `sierra-operator local` for SIERRA commands files",
+            "spec.sierra: running SIERRA stage 1 is not supported by the operator yet; run "
+            "`sierra-cli ... --pipeline 1` with the same sierra-root and set "
+            "spec.commandsFile to the batch's commands.txt",
         )
     return batch
 
@@ -252,7 +253,8 @@ async def _stages(
     status = await _children(ctx, status, prefect, api_url)
     try:
         status = await _pool(ctx, status, prefect, image, api_url)
-        return await _advance(ctx, status, prefect)
+        status, plan, batch_root = await _plan(ctx, status, prefect)
+        return await _advance(ctx, status, prefect, plan, batch_root)
     except PREFECT_ERRORS as exc:
         raise ctx.stop(
             status,
@@ -384,20 +386,81 @@ async def _pool(
             await prefect.update_base_job_template(template)
             ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
         else:
-            await prefect.ensure_deployment(ctx.spec.sierra_root.mount_path)
+            await prefect.ensure_deployment(
+                ctx.spec.sierra_root.mount_path, planning=ctx.spec.commands_file is not None
+            )
             ctx.events.append(("Normal", "PoolReady", f"work pool {prefect.pool} on {api_url}"))
     status = _condition(status, ctx.now, "PoolReady", True, "Created", f"work pool {prefect.pool}")
     return status.model_copy(update={"work_pool": prefect.pool})
 
 
-async def _advance(ctx: _Batch, status: BatchStatus, prefect: PrefectBatch) -> Outcome:
+async def _plan(
+    ctx: _Batch, status: BatchStatus, prefect: PrefectBatch
+) -> tuple[BatchStatus, Plan, str]:
+    """The experiments and the batch root: inline ones at once; ``spec.commandsFile`` read by
+    a planning flow run in a pod that mounts sierra-root, its plan published as an artifact.
+
+    The key of the plan the batch runs is kept in status, so a restarted operator re-reads
+    that plan; a failed planning is retried when the spec changes (a new key).
+    """
+    spec = ctx.spec
+    mount = spec.sierra_root.mount_path
+    if spec.experiments is not None:
+        root = f"{mount.rstrip('/')}/{ctx.ref.name}"
+        return status, plan_from_experiments(spec.experiments), root
+    assert spec.commands_file is not None  # exactly one source, and not spec.sierra
+    key = ctx.previous.plan_key or names.plan_key(spec.commands_file, ctx.generation)
+    text = prefect.plans.get(key)
+    if text is None:
+        run = await prefect.plan(mount, spec.commands_file, key)
+        if run.state == "failed":
+            raise ctx.stop(
+                status,
+                "Planned",
+                "PlanFailed",
+                f"planning flow run {run.id} failed: {run.message}; fix spec.commandsFile "
+                "(or the files under sierra-root) and change the spec to plan again",
+                BatchPhase.FAILED,
+            )
+        if run.state == "pending" or run.text is None:
+            stop = ctx.stop(
+                status,
+                "Planned",
+                "Planning",
+                f"reading {spec.commands_file} in flow run {run.id}",
+                BatchPhase.PROVISIONING,
+            )
+            stop.outcome.events = list(ctx.events)  # progress, not a warning
+            raise stop
+        text = prefect.plans[key] = run.text
+    try:
+        plan, root = plan_from_json(text)
+    except PlanError as exc:
+        raise ctx.stop(status, "Planned", "PlanFailed", str(exc), BatchPhase.FAILED) from None
+    if ctx.previous.plan_key != key:
+        ctx.events.append(
+            ("Normal", "Planned", f"{len(plan.experiments)} experiments, {plan.total_runs} runs")
+        )
+    status = _condition(
+        status,
+        ctx.now,
+        "Planned",
+        True,
+        "Planned",
+        f"{len(plan.experiments)} experiments, {plan.total_runs} runs from {spec.commands_file}",
+    )
+    return status.model_copy(update={"plan_key": key}), plan, root
+
+
+async def _advance(
+    ctx: _Batch, status: BatchStatus, prefect: PrefectBatch, plan: Plan, batch_root: str
+) -> Outcome:
     """Observe the runs, let the state machine decide, submit what it asks for."""
     spec = ctx.spec
-    assert spec.experiments is not None  # checked by _validated
     observed = await prefect.observe()
     decision = decide(
         spec.execution,
-        plan_from_experiments(spec.experiments),
+        plan,
         observed,
         status,
         ctx.now,
@@ -406,7 +469,7 @@ async def _advance(ctx: _Batch, status: BatchStatus, prefect: PrefectBatch) -> O
     )
     parameters = {
         "batch_id": ctx.ref.uid,
-        "batch_root": f"{spec.sierra_root.mount_path.rstrip('/')}/{ctx.ref.name}",
+        "batch_root": batch_root,
         "workdir": spec.sierra_root.mount_path,
         "timeout_seconds": spec.execution.run_timeout_seconds,
     }

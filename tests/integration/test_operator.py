@@ -463,6 +463,58 @@ def test_api_key_secret_and_prefect_outage_are_conditions_that_recover(
     wait_for(lambda: kube.batch("lab-c", "keyed") is None, 90, "keyed to be deleted")
 
 
+def test_commands_file_is_planned_in_a_pod_then_run(kube, jobs, operator, workers, tmp_module):
+    """spec.commandsFile: the operator cannot read the PVC, so a planning flow run (a Job
+    mounting it) reads SIERRA's exp-inputs/<exp>/commands.txt and publishes the plan."""
+    mount = tmp_module / "root-sierra"
+    batch_dir = mount / "proj" / "batch"
+    for exp, n in (("c1-exp0", 2), ("c1-exp1", 1)):
+        (batch_dir / "exp-inputs" / exp).mkdir(parents=True)
+        lines = "\n".join([probe(0.2)] * n)
+        (batch_dir / "exp-inputs" / exp / "commands.txt").write_text(f"# stage 1\n{lines}\n")
+    for name, commands_file in (("sierra", "proj/batch"), ("nofile", "proj/none/commands.txt")):
+        doc = batch_doc(name, mount, [[probe(0.1)]])
+        del doc["spec"]["experiments"]
+        doc["spec"]["commandsFile"] = commands_file
+        kube.create_batch("lab-b", doc)
+        workers.start_from_deployment("lab-b", f"{name}-worker")
+    wait_for(lambda: kube.phase("lab-b", "sierra") == "Succeeded", 240, "sierra to succeed")
+    obj = kube.batch("lab-b", "sierra")
+    assert [e["name"] for e in obj["status"]["experiments"]] == ["c1-exp0", "c1-exp1"]
+    assert obj["status"]["runs"]["succeeded"] == 3 and obj["status"]["planKey"]
+    assert conditions(obj)["Planned"] == "True"
+    spans = intervals(events(batch_dir))
+    assert len(spans) == 3, "outputs under SIERRA's batch root, each run once"
+
+    wait_for(lambda: kube.phase("lab-b", "nofile") == "Failed", 240, "nofile to fail planning")
+    planned = next(
+        c for c in kube.batch("lab-b", "nofile")["status"]["conditions"] if c["type"] == "Planned"
+    )
+    assert planned["reason"] == "PlanFailed", dump(planned)
+    assert "proj/none/commands.txt does not exist" in planned["message"]
+
+
+def test_a_killed_pod_is_noticed_and_its_run_retried(kube, jobs, operator, workers, tmp_module):
+    """The run's pod dies under it (SIGKILL: what an OOM kill or a lost node does). Its flow
+    run never reports an end; Prefect's Kubernetes worker observer sees the failed Job and
+    marks the flow run Crashed, and the operator retries the run."""
+    mount = tmp_module / "root-crash"
+    doc = batch_doc("crashy", mount, [[probe(30.0)], [probe(0.1)]], retries=1)
+    kube.create_batch("lab-c", doc)
+    workers.start_from_deployment("lab-c", "crashy-worker")
+    wait_for(lambda: any(e.kind == "start" for e in events(mount / "crashy")), 240, "the run")
+    assert jobs.kill_pod("lab-c") is not None
+    wait_for(lambda: kube.phase("lab-c", "crashy") in ("Succeeded", "Failed"), 300, "the end")
+    obj = kube.batch("lab-c", "crashy")
+    assert obj["status"]["phase"] == "Succeeded", dump(obj["status"])
+    starts = sorted(
+        e.attempt
+        for e in events(mount / "crashy")
+        if e.kind == "start" and e.experiment == "c1-exp0"
+    )
+    assert starts[:2] == [1, 2], "the killed attempt was retried as attempt 2"
+
+
 def test_rbac_allows_every_call_the_operator_and_workers_make(
     kube, jobs, operator, workers, tmp_module
 ):

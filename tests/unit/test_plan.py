@@ -12,6 +12,8 @@ from sierra_operator.plan import (
     PlanError,
     plan_from_batch_commands,
     plan_from_experiment_commands,
+    plan_from_json,
+    plan_to_json,
     sierra_order_key,
 )
 
@@ -131,3 +133,13 @@ def test_inline_plan_keeps_user_order(tmp_path: Path):
     assert (
         plan.experiment("alpha").runs[1].command_sha != plan.experiment("alpha").runs[0].command_sha
     )
+
+
+def test_published_plan_round_trips_and_bad_text_is_a_plan_error():
+    plan = plan_from_batch_commands(
+        "\n".join(line(e, k) for e in ("c1-exp10", "c1-exp2") for k in (0, 1))
+    )
+    text = plan_to_json(plan, "/sierra-root/proj/batch")
+    assert plan_from_json(text) == (plan, "/sierra-root/proj/batch")
+    with pytest.raises(PlanError, match="not readable"):
+        plan_from_json('{"experiments": [{"runs": []}]}')

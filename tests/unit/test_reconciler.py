@@ -59,12 +59,12 @@ def test_invalid_spec_fails_with_field_in_condition_and_event():
     assert out.events[0][:2] == ("Warning", "InvalidSpec")
 
 
-def test_commands_file_is_refused_clearly_for_now():
-    b = body(commandsFile="x/commands.txt")
+def test_sierra_stage_one_is_refused_clearly_for_now():
+    b = body(sierra={"args": ["--project=p"]})
     del b["spec"]["experiments"]
     out = run(b, OperatorSettings(prefect_api_url="http://p/api"))
     assert out.status.phase is BatchPhase.FAILED
-    assert "not supported by the operator yet" in out.status.message
+    assert "spec.sierra" in out.status.message and "spec.commandsFile" in out.status.message
 
 
 def test_status_round_trip_ignores_unknown_fields():
