@@ -21,10 +21,13 @@ STATE_DIR = "scratch/sierra-operator"
 STATUS_FILE = "status.json"
 
 
-def plan_key(commands_file: str, generation: int | None) -> str:
-    """Names one planning of ``commands_file`` (a new generation may plan again)."""
-    digest = hashlib.sha256(commands_file.encode()).hexdigest()[:12]
-    return f"{digest}-g{generation or 0}"
+def plan_key(commands_file: str, generation: int | None, previous: str | None = None) -> str:
+    """Names one planning of ``commands_file``: ``previous`` while it is of the same file (a
+    plan is kept across spec changes), else a new one for this generation."""
+    prefix = hashlib.sha256(commands_file.encode()).hexdigest()[:12] + "-g"
+    if previous is not None and previous.startswith(prefix):
+        return previous
+    return f"{prefix}{generation or 0}"
 
 
 def plan_artifact_key(batch_id: str, key: str) -> str:

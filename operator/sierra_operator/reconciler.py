@@ -409,7 +409,11 @@ async def _plan(
         root = f"{mount.rstrip('/')}/{ctx.ref.name}"
         return status, plan_from_experiments(spec.experiments), root
     assert spec.commands_file is not None  # exactly one source, and not spec.sierra
-    key = ctx.previous.plan_key or names.plan_key(spec.commands_file, ctx.generation)
+    key = names.plan_key(spec.commands_file, ctx.generation, ctx.previous.plan_key)
+    failed = next((c for c in ctx.previous.conditions if c.type == "Planned"), None)
+    if failed is not None and failed.reason == "PlanFailed" and key != ctx.previous.plan_key:
+        if failed.observed_generation == ctx.generation:  # same spec: do not plan again
+            raise ctx.stop(status, "Planned", "PlanFailed", failed.message, BatchPhase.FAILED)
     text = prefect.plans.get(key)
     if text is None:
         run = await prefect.plan(mount, spec.commands_file, key)

@@ -415,7 +415,15 @@ def test_build_and_push_failures_are_conditions_that_say_why(kube, operator, ima
     failed = wait_for(lambda: condition("broken-build"), 120, "the build to fail")
     assert failed["reason"] == "BuildFailed" and "RUN exit 7" in failed["message"], dump(failed)
     assert kube.phase("lab-b", "broken-build") == "Failed"
-    for name in ("denied", "broken-build"):
+    kube.create_secret("lab-b", "goodcred", image_env.dockerconfigjson())
+    ghost = batch_doc("ghost", Path("/tmp/never"), [[probe(0.1)]])
+    ghost["spec"]["image"] = {"repository": f"{image_env.registry}/ghost", "tag": "v9"}
+    ghost["spec"]["image"]["pushSecret"] = "goodcred"
+    kube.create_batch("lab-b", ghost)
+    missing = wait_for(lambda: condition("ghost"), 60, "the image lookup")
+    assert missing["reason"] == "ImageNotFound" and "no such tag" in missing["message"]
+    assert "spec.image.build" in missing["message"], "says how to fix it"
+    for name in ("denied", "broken-build", "ghost"):
         assert kube.get(f"/apis/apps/v1/namespaces/lab-b/deployments/{name}-worker") is None
         kube.delete_batch("lab-b", name)
     assert "not-it-42" not in operator.log.read_text()

@@ -143,3 +143,12 @@ def test_published_plan_round_trips_and_bad_text_is_a_plan_error():
     assert plan_from_json(text) == (plan, "/sierra-root/proj/batch")
     with pytest.raises(PlanError, match="not readable"):
         plan_from_json('{"experiments": [{"runs": []}]}')
+
+
+def test_plan_key_is_kept_for_the_same_file_and_new_for_another():
+    from sierra_operator.names import plan_key
+
+    first = plan_key("proj/batch", 3)
+    assert plan_key("proj/batch", 7, previous=first) == first, "spec changes keep the plan"
+    assert plan_key("proj/other", 7, previous=first) != first
+    assert plan_key("proj/batch", 7) != first, "after a failure (no previous): plan again"
