@@ -71,6 +71,8 @@ class ImageStage:
     docker_host: str | None = None
     jobs: dict[str, _Job] = field(default_factory=dict)
     retry_at: dict[str, float] = field(default_factory=dict)
+    # Build inputs (hashes) whose build failed: not built again until they change.
+    failed_builds: dict[str, str] = field(default_factory=dict)
 
     async def ensure(self, req: ImageRequest) -> ImageOutcome:
         """One step towards a usable image; never blocks for the length of a build."""
@@ -82,6 +84,7 @@ class ImageStage:
         """Drop what is kept for a deleted batch (a running build finishes unobserved)."""
         self.jobs.pop(uid, None)
         self.retry_at.pop(uid, None)
+        self.failed_builds.pop(uid, None)
 
     async def _built(self, req: ImageRequest) -> ImageOutcome:
         uid, image, previous = req.uid, req.image, req.previous
@@ -94,22 +97,22 @@ class ImageStage:
             job = None  # inputs changed: that build's result is for the old spec
         if job is None:
             failed = _condition(previous, "ImageReady")
-            if (
-                failed is not None
-                and failed.reason == "BuildFailed"
-                and failed.observed_generation == req.generation
+            build_failed = failed is not None and failed.reason == "BuildFailed"
+            if self.failed_builds.get(uid) == key or (
+                # after an operator restart: the condition says so for this generation
+                build_failed and failed is not None and failed.observed_generation == req.generation
             ):
+                message = failed.message if failed is not None else ""
+                return ImageOutcome(None, recorded, "BuildFailed", message, BatchPhase.FAILED)
+            if failed is not None and time.monotonic() < self.retry_at.get(uid, 0.0):
                 return ImageOutcome(
-                    None, recorded, "BuildFailed", failed.message, BatchPhase.FAILED
+                    None, recorded, failed.reason, failed.message, _phase_of(failed.reason)
                 )
-            if time.monotonic() < self.retry_at.get(uid, 0.0):
-                reason = failed.reason if failed else "Building"
-                return ImageOutcome(None, recorded, reason, failed.message if failed else "")
             try:
                 auth = await _auth(req.kube_api, req.namespace, image)
             except ImageError as exc:
                 self.retry_at[uid] = time.monotonic() + RETRY_SECONDS
-                return ImageOutcome(None, recorded, exc.reason, str(exc), BatchPhase.PENDING)
+                return ImageOutcome(None, recorded, exc.reason, str(exc), _phase_of(exc.reason))
             job = self._start(uid, key, image, auth)
         events = [("Normal", "Building", m) for m in job.milestones]
         job.milestones.clear()
@@ -121,7 +124,9 @@ class ImageStage:
         error = job.task.exception()
         if isinstance(error, ImageError):
             self.retry_at[uid] = time.monotonic() + RETRY_SECONDS
-            phase = BatchPhase.FAILED if error.reason == "BuildFailed" else BatchPhase.BUILDING
+            if error.reason == "BuildFailed":
+                self.failed_builds[uid] = key
+            phase = _phase_of(error.reason)
             return ImageOutcome(None, recorded, error.reason, str(error), phase, events)
         if error is not None:
             raise error
@@ -181,6 +186,16 @@ class ImageStage:
             )
             return _ready(image, status, "Unverified", message)
         return _ready(image, ImageStatus(ref=tagged(image), digest=digest), "Resolved")
+
+
+def _phase_of(reason: str) -> BatchPhase:
+    """Failed for a broken build (the spec must change); Pending while a Secret is missing or
+    wrong (fixing it is enough); Building otherwise (retried)."""
+    if reason == "BuildFailed":
+        return BatchPhase.FAILED
+    if reason.startswith("PushSecret"):
+        return BatchPhase.PENDING
+    return BatchPhase.BUILDING
 
 
 def _ready(image: ImageSpec, status: ImageStatus, reason: str, message: str = "") -> ImageOutcome:

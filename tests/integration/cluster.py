@@ -55,7 +55,7 @@ class KubeAPI:
     proc: subprocess.Popen[bytes]
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10)
+        return httpx.Client(base_url=self.url, timeout=30)
 
     def get(self, path: str) -> dict[str, Any] | None:
         with self.http() as http:
