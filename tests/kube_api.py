@@ -11,6 +11,7 @@ kubernetes_asyncio). What is added to ``kmock.KubernetesEmulator`` and why:
 * ``generateName`` is expanded (Prefect's Job template uses it);
 * ``?watch=True`` (Python clients) is a watch like ``?watch=true``;
 * resources the operator uses are declared for discovery; namespaces are pre-created;
+* only recent requests are kept in kmock's own request log (it is scanned per request);
 * an audit log (like a real API server's): one JSON line per resource request with the
   caller's bearer token as its identity and the RBAC verb, so tests can check that the
   chart's RBAC allows every call the operator and workers really make.
@@ -118,6 +119,7 @@ class Apiserver(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> Any:
         self._audit(request)
+        self._forget_old_requests()
         self._fix(request)
         try:
             return await super()._handle(request)
@@ -125,6 +127,15 @@ class Apiserver(kmock.KubernetesEmulator):
             # A real API server answers a failed JSON-patch `test` (stale resourceVersion)
             # with 422 Invalid, which clients treat as a conflict, not a server fault.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+
+    def _forget_old_requests(self, keep: int = 64) -> None:
+        """kmock keeps every request for assertions and matches each new one by scanning them
+        all (O(n) per request, so a long test session slows to timeouts); nothing here asserts
+        on kmock's request log (the audit log is ours), so only recent ones are kept."""
+        if len(self._requests) > 2 * keep:
+            del self._requests[:-keep]
+            for payload in self._payloads:
+                del payload._requests[:-keep]
 
     def _audit(self, request: rendering.Request) -> None:
         if self.audit_path is None or request.resource is None or not request.resource.plural:

@@ -73,6 +73,8 @@ class ImageStage:
     retry_at: dict[str, float] = field(default_factory=dict)
     # Build inputs (hashes) whose build failed: not built again until they change.
     failed_builds: dict[str, str] = field(default_factory=dict)
+    # The last push per batch, until status has it (a lost status patch must not rebuild).
+    pushed: dict[str, tuple[str, ImageStatus]] = field(default_factory=dict)
 
     async def ensure(self, req: ImageRequest) -> ImageOutcome:
         """One step towards a usable image; never blocks for the length of a build."""
@@ -85,13 +87,18 @@ class ImageStage:
         self.jobs.pop(uid, None)
         self.retry_at.pop(uid, None)
         self.failed_builds.pop(uid, None)
+        self.pushed.pop(uid, None)
 
     async def _built(self, req: ImageRequest) -> ImageOutcome:
         uid, image, previous = req.uid, req.image, req.previous
         key = build_hash(image)
         recorded = previous.image
         if recorded and recorded.build_hash == key and recorded.digest:
+            self.pushed.pop(uid, None)
             return _ready(image, recorded, "Pushed")
+        done = self.pushed.get(uid)
+        if done is not None and done[0] == key:
+            return _ready(image, done[1], "Pushed")
         job = self.jobs.get(uid)
         if job is not None and job.key != key:
             job = None  # inputs changed: that build's result is for the old spec
@@ -132,6 +139,7 @@ class ImageStage:
             raise error
         pushed = job.task.result()
         status = ImageStatus(ref=pushed.ref, digest=pushed.digest, build_hash=key)
+        self.pushed[uid] = (key, status)
         events.append(
             (
                 "Normal",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -82,11 +83,21 @@ class PrefectBatch:
     pool_type: str = "process"
     concurrency_limit: int | None = None
     api_key: str | None = field(default=None, repr=False)
+    _key_read_at: float = field(default=0.0, repr=False)
     deployment_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
     # Published plans already read, by plan key: (plan JSON, never changes once published).
     plans: dict[str, str] = field(default_factory=dict)
+
+    def set_api_key(self, key: str | None) -> None:
+        """Use ``key`` from now on; :meth:`api_key_fresh` says when to read it again."""
+        self.api_key = key
+        self._key_read_at = time.monotonic()
+
+    def api_key_fresh(self, max_age: float = 60.0) -> bool:
+        """Whether the key was read from its Secret less than ``max_age`` seconds ago."""
+        return time.monotonic() - self._key_read_at < max_age
 
     def client(self) -> PrefectClient:
         """A client bound to this batch's server, independent of any Prefect profile."""

@@ -130,6 +130,11 @@ def _changed(before: BatchStatus, after: BatchStatus, type_: str) -> bool:
     return old.get(type_) != new.get(type_)
 
 
+def pool_of(batch: SierraBatch, namespace: str) -> str:
+    """The batch's work pool: its own name, else one unique to namespace and batch."""
+    return batch.spec.prefect.work_pool or names.cluster_pool(namespace, batch.metadata.name)
+
+
 def batch_prefect(
     batch: SierraBatch, namespace: str, uid: str, api_url: str, api_key: str | None = None
 ) -> PrefectBatch:
@@ -139,7 +144,7 @@ def batch_prefect(
         api_url=api_url,
         api_key=api_key,
         batch_id=uid,
-        pool=spec.prefect.work_pool or names.cluster_pool(namespace, batch.metadata.name),
+        pool=pool_of(batch, namespace),
         queue=spec.prefect.work_queue or names.DEFAULT_QUEUE,
         pool_type="kubernetes",
         concurrency_limit=spec.execution.parallelism,
@@ -307,7 +312,11 @@ async def _prefect(
     the operator's own key for its default server)."""
     api_key = ctx.settings.prefect_api_key if api_url == ctx.settings.prefect_api_url else None
     ref = ctx.spec.prefect.api_key_secret
-    if ref is not None:
+    pool = pool_of(ctx.batch, ctx.ref.namespace)
+    known = cache.get((ctx.ref.uid, api_url, pool)) if cache is not None else None
+    if ref is not None and known is not None and known.api_key_fresh():
+        api_key = known.api_key  # read less than a minute ago: no GET per reconcile
+    elif ref is not None:
         data = await kube.read_secret(ctx.kube_api, ctx.ref.namespace, ref.name)
         if data is None or ref.key not in data:
             raise ctx.stop(
@@ -323,7 +332,7 @@ async def _prefect(
     prefect = batch_prefect(ctx.batch, ctx.ref.namespace, ctx.ref.uid, api_url, api_key)
     if cache is not None:
         cached = cache.setdefault((ctx.ref.uid, api_url, prefect.pool), prefect)
-        cached.api_key = api_key  # a rotated key is used from the next reconcile on
+        cached.set_api_key(api_key)  # a rotated key is used within a minute
         prefect = cached
     return prefect
 

@@ -224,3 +224,24 @@ def test_bad_values_are_refused_naming_the_value(flags: list[str], names: list[s
     assert out.returncode != 0, f"{flags} was accepted"
     for name in names:
         assert name in out.stderr, out.stderr
+
+
+def test_kind_workflow_targets_exist_and_scripts_parse() -> None:
+    """The README's "Try it on kind" commands: every make target exists (dry run) and the
+    cluster script is valid bash. (Running them needs Docker: tests/e2e.)"""
+    targets = ["kind-up", "image", "kind-load", "deploy", "e2e", "kind-down"]
+    dry = subprocess.run(["make", "-n", *targets], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert "kind-config.yaml" in (REPO / "scripts" / "kind-up.sh").read_text()
+    assert "charts/sierra-operator" in dry.stdout and "docker build" in dry.stdout
+    syntax = subprocess.run(["bash", "-n", "scripts/kind-up.sh"], cwd=REPO, capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
+    readme = (REPO / "README.md").read_text()
+    assert "make kind-up image kind-load deploy" in readme
+    kind = yaml.safe_load((REPO / "kind-config.yaml").read_text())
+    roles = [node["role"] for node in kind["nodes"]]
+    assert roles == ["control-plane", "worker", "worker"]
+    shared = {m["containerPath"] for node in kind["nodes"] for m in node["extraMounts"]}
+    pv = yaml.safe_load_all((REPO / "deploy" / "kind" / "shared-root.yaml").read_text())
+    paths = {doc["spec"]["hostPath"]["path"] for doc in pv if doc["kind"] == "PersistentVolume"}
+    assert paths == shared, "the PV's hostPath is what every node mounts"
