@@ -22,6 +22,7 @@ from sierra_operator.settings import OperatorSettings
 SETTINGS = OperatorSettings.from_env()
 ANNOTATION_PREFIX = GROUP
 FINALIZER = f"{GROUP}/finalizer"
+WATCH_SECONDS = 300
 
 
 @kopf.on.startup()
@@ -35,6 +36,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=ANNOTATION_PREFIX
     )
     settings.posting.level = logging.WARNING
+    # A watch stream that a load balancer silently drops would otherwise hang forever (kopf's
+    # default): end each stream server-side, and give up on a silent one a bit later.
+    settings.watching.server_timeout = WATCH_SECONDS
+    settings.watching.client_timeout = WATCH_SECONDS + 30
+    settings.watching.connect_timeout = 60
     logging.getLogger().setLevel(SETTINGS.log_level)
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]

@@ -20,6 +20,8 @@ from sierra_operator.rbac import WORKER_RULES
 Manifest = dict[str, Any]
 
 WORKER_HEALTH_PORT = 8080
+# The image's own non-root user (Dockerfile): its HOME and PREFECT_HOME are writable by it.
+RUN_AS_USER = 10001
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def render_worker_deployment(
                 "metadata": {"labels": {**batch.labels(), **selector}},
                 "spec": {
                     "serviceAccountName": name,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER},
                     "containers": [
                         {
                             "name": "worker",

@@ -245,3 +245,44 @@ def test_kind_workflow_targets_exist_and_scripts_parse() -> None:
     pv = yaml.safe_load_all((REPO / "deploy" / "kind" / "shared-root.yaml").read_text())
     paths = {doc["spec"]["hostPath"]["path"] for doc in pv if doc["kind"] == "PersistentVolume"}
     assert paths == shared, "the PV's hostPath is what every node mounts"
+
+
+def _mounted(container: dict[str, Any], path: str) -> bool:
+    return any(
+        path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+        for m in container.get("volumeMounts", [])
+    )
+
+
+def test_read_only_containers_write_only_to_their_volumes() -> None:
+    """Containers with a read-only root filesystem get every path Prefect writes pointed at a
+    mounted volume: PREFECT_HOME, HOME, the SQLite file, and the UI bundle (which Prefect
+    otherwise copies into its own site-packages at start)."""
+    docs = render()
+    server = next(
+        c
+        for d in by_kind(docs, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "prefect-server"
+    )
+    for container in (server, operator_container(docs)):
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e.get("value", "") for e in container["env"]}
+        for name in ("PREFECT_HOME", "HOME"):
+            assert _mounted(container, env[name]), f"{container['name']}: {name}={env[name]}"
+    env = {e["name"]: e.get("value", "") for e in server["env"]}
+    assert _mounted(server, env["PREFECT_UI_STATIC_DIRECTORY"])
+    database = env["PREFECT_API_DATABASE_CONNECTION_URL"].split(":///", 1)[1]
+    assert _mounted(server, database)
+
+
+def test_one_non_root_user_across_image_chart_and_worker_pods() -> None:
+    """The Dockerfile's user owns the image's HOME; the chart's pods and the worker pods the
+    operator renders must run as that same uid."""
+    from sierra_operator.manifests import RUN_AS_USER
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"USER {RUN_AS_USER}:{RUN_AS_USER}" in dockerfile
+    assert f"--uid {RUN_AS_USER}" in dockerfile
+    for dep in by_kind(render(), "Deployment"):
+        assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == RUN_AS_USER
