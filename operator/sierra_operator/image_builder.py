@@ -19,7 +19,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class Pushed:
     digest: str
     build_seconds: float
     push_seconds: float
-    log: list[str] = field(default_factory=list)
 
 
 def _client(docker_host: str | None) -> docker.APIClient:
@@ -123,8 +122,8 @@ def _stream(chunks: Iterator[dict[str, Any]], log: list[str]) -> Iterator[tuple[
 
 def build(
     image: ImageSpec, docker_host: str | None, progress: Progress, api: Any = None
-) -> tuple[Any, list[str], float]:
-    """Build and tag ``repository:tag``; returns the client, the build log and its duration."""
+) -> tuple[Any, float]:
+    """Build and tag ``repository:tag``; returns the client and the build's duration."""
     assert image.build is not None
     spec = image.build
     api = api or _client(docker_host)
@@ -157,7 +156,7 @@ def build(
         raise ImageError("BuildFailed", f"build of {ref} refused by the engine: {exc}") from None
     except (DockerException, OSError) as exc:
         raise ImageError("EngineUnavailable", f"build of {ref}: engine error: {exc}") from None
-    return api, log, time.monotonic() - started
+    return api, time.monotonic() - started
 
 
 def push(
@@ -212,10 +211,10 @@ def build_and_push(
     progress: Progress,
 ) -> Pushed:
     """Build, tag and push; raises :class:`ImageError` with the condition's reason and message."""
-    api, log, build_seconds = build(image, docker_host, progress)
+    api, build_seconds = build(image, docker_host, progress)
     try:
         progress(f"build done in {build_seconds:.0f}s; pushing to {registry_of(image.repository)}")
         digest, push_seconds = push(api, image, auth, secret, progress)
     finally:
         api.close()
-    return Pushed(f"{image.repository}:{image.tag}", digest, build_seconds, push_seconds, log)
+    return Pushed(f"{image.repository}:{image.tag}", digest, build_seconds, push_seconds)

@@ -61,7 +61,6 @@ class _Job:
     key: str
     task: asyncio.Task[Pushed]
     milestones: list[str] = field(default_factory=list)
-    finished_at: float | None = None
 
 
 @dataclass
