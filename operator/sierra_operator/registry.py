@@ -84,7 +84,12 @@ def resolve_digest(
     if resp.status_code >= 500:
         raise RegistryUnreachable(f"{registry} answered {resp.status_code}")
     if resp.status_code in (401, 403, 404):
-        why = "no such tag" if resp.status_code == 404 else f"access refused ({resp.status_code})"
+        why = (
+            "no such tag"
+            if resp.status_code == 404
+            else f"access refused ({resp.status_code}): spec.image.pushSecret must name a "
+            f"Secret with credentials for {registry}"
+        )
         raise ImageNotFound(f"{repository}:{tag} on {registry}: {why}")
     digest = resp.headers.get("docker-content-digest")
     if resp.status_code != 200 or not digest:

@@ -103,5 +103,7 @@ def test_unreachable_context_and_engine_are_clear(image_env: ImageEnv) -> None:
 def test_resolve_digest_of_missing_and_unreachable(image_env: ImageEnv) -> None:
     with pytest.raises(ImageNotFound):
         resolve_digest(f"{image_env.registry}/never-pushed", "v1", good_auth(image_env))
+    with pytest.raises(ImageNotFound, match=r"spec\.image\.pushSecret"):
+        resolve_digest(f"{image_env.registry}/pushed", "v1", None)  # needs credentials
     with pytest.raises(RegistryUnreachable):
         resolve_digest(f"127.0.0.1:{free_port()}/x", "v1", None, timeout=2)
