@@ -217,11 +217,24 @@ class PrefectBatch:
         """The planning flow run named ``key``: created once (idempotency key), then read
         until it is final; its artifact holds the plan."""
         async with self.client() as client:
-            deployment = await client.read_deployment_by_name(
-                f"{names.PLAN_FLOW_NAME}/{self.plan_deployment_name}"
-            )
+            try:
+                deployment_id = (
+                    await client.read_deployment_by_name(
+                        f"{names.PLAN_FLOW_NAME}/{self.plan_deployment_name}"
+                    )
+                ).id
+            except ObjectNotFound:  # the batch switched to spec.commandsFile after provisioning
+                from sierra_operator.flows import plan_batch
+
+                deployment_id = await self._deploy(
+                    client,
+                    plan_batch,
+                    self.plan_deployment_name,
+                    names.PLAN_FLOW_ENTRYPOINT,
+                    sierra_root,
+                )
             run = await client.create_flow_run_from_deployment(
-                deployment.id,
+                deployment_id,
                 parameters={
                     "sierra_root": sierra_root,
                     "commands_file": commands_file,
