@@ -83,12 +83,13 @@ class PrefectBatch:
     pool_type: str = "process"
     concurrency_limit: int | None = None
     api_key: str | None = field(default=None, repr=False)
-    _key_read_at: float = field(default=0.0, repr=False)
+    _key_read_at: float | None = field(default=None, repr=False)
     deployment_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
     # Published plans already read, by plan key: (plan JSON, never changes once published).
     plans: dict[str, str] = field(default_factory=dict)
+    _plan_runs: dict[str, UUID] = field(default_factory=dict)
 
     def set_api_key(self, key: str | None) -> None:
         """Use ``key`` from now on; :meth:`api_key_fresh` says when to read it again."""
@@ -97,7 +98,8 @@ class PrefectBatch:
 
     def api_key_fresh(self, max_age: float = 60.0) -> bool:
         """Whether the key was read from its Secret less than ``max_age`` seconds ago."""
-        return time.monotonic() - self._key_read_at < max_age
+        read_at = self._key_read_at
+        return read_at is not None and time.monotonic() - read_at < max_age
 
     def client(self) -> PrefectClient:
         """A client bound to this batch's server, independent of any Prefect profile."""
@@ -157,10 +159,9 @@ class PrefectBatch:
             self.deployment_id = found.id
         return self.deployment_id
 
-    async def ensure_deployment(self, working_directory: str, planning: bool = False) -> UUID:
-        """Deployment of the experiment flow, imported by module path in the run process;
-        with ``planning``, also one of the planning flow (``spec.commandsFile``)."""
-        from sierra_operator.flows import plan_batch, run_experiment
+    async def ensure_deployment(self, working_directory: str) -> UUID:
+        """Deployment of the experiment flow, imported by module path in the run process."""
+        from sierra_operator.flows import run_experiment
 
         async with self.client() as client:
             self.deployment_id = await self._deploy(
@@ -170,14 +171,6 @@ class PrefectBatch:
                 names.FLOW_ENTRYPOINT,
                 working_directory,
             )
-            if planning:
-                await self._deploy(
-                    client,
-                    plan_batch,
-                    self.plan_deployment_name,
-                    names.PLAN_FLOW_ENTRYPOINT,
-                    working_directory,
-                )
         return self.deployment_id
 
     async def _deploy(
@@ -214,18 +207,16 @@ class PrefectBatch:
         return f"{names.PLAN_DEPLOYMENT_NAME}-{self.batch_id}"
 
     async def plan(self, sierra_root: str, commands_file: str, key: str) -> PlanRun:
-        """The planning flow run named ``key``: created once (idempotency key), then read
-        until it is final; its artifact holds the plan."""
-        async with self.client() as client:
-            try:
-                deployment_id = (
-                    await client.read_deployment_by_name(
-                        f"{names.PLAN_FLOW_NAME}/{self.plan_deployment_name}"
-                    )
-                ).id
-            except ObjectNotFound:  # the batch switched to spec.commandsFile after provisioning
-                from sierra_operator.flows import plan_batch
+        """The planning flow run named ``key``: created once (idempotency key, so also after a
+        restart), then read by id until it is final; its artifact holds the plan. Its
+        deployment is made here, when a batch first needs one."""
+        from sierra_operator.flows import plan_batch
 
+        async with self.client() as client:
+            run_id = self._plan_runs.get(key)
+            if run_id is not None:
+                run = await client.read_flow_run(run_id)
+            else:
                 deployment_id = await self._deploy(
                     client,
                     plan_batch,
@@ -233,18 +224,19 @@ class PrefectBatch:
                     names.PLAN_FLOW_ENTRYPOINT,
                     sierra_root,
                 )
-            run = await client.create_flow_run_from_deployment(
-                deployment_id,
-                parameters={
-                    "sierra_root": sierra_root,
-                    "commands_file": commands_file,
-                    "batch_id": self.batch_id,
-                    "plan_key": key,
-                },
-                name=f"plan-{key}",
-                tags=[names.batch_tag(self.batch_id), "sierra-plan"],
-                idempotency_key=f"{self.batch_id}/plan/{key}",
-            )
+                run = await client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={
+                        "sierra_root": sierra_root,
+                        "commands_file": commands_file,
+                        "batch_id": self.batch_id,
+                        "plan_key": key,
+                    },
+                    name=f"plan-{key}",
+                    tags=[names.batch_tag(self.batch_id), "sierra-plan"],
+                    idempotency_key=f"{self.batch_id}/plan/{key}",
+                )
+                self._plan_runs[key] = run.id
             state = _state_type(run)
             if state is StateType.COMPLETED:
                 artifacts = await client.read_artifacts(

@@ -28,6 +28,7 @@ from sierra_operator.model import (
     BatchStatus,
     Condition,
     ImageSpec,
+    SecretKeyRef,
     SierraBatch,
     SierraBatchSpec,
     SpecError,
@@ -130,11 +131,6 @@ def _changed(before: BatchStatus, after: BatchStatus, type_: str) -> bool:
     return old.get(type_) != new.get(type_)
 
 
-def pool_of(batch: SierraBatch, namespace: str) -> str:
-    """The batch's work pool: its own name, else one unique to namespace and batch."""
-    return batch.spec.prefect.work_pool or names.cluster_pool(namespace, batch.metadata.name)
-
-
 def batch_prefect(
     batch: SierraBatch, namespace: str, uid: str, api_url: str, api_key: str | None = None
 ) -> PrefectBatch:
@@ -144,7 +140,7 @@ def batch_prefect(
         api_url=api_url,
         api_key=api_key,
         batch_id=uid,
-        pool=pool_of(batch, namespace),
+        pool=spec.prefect.work_pool or names.cluster_pool(namespace, batch.metadata.name),
         queue=spec.prefect.work_queue or names.DEFAULT_QUEUE,
         pool_type="kubernetes",
         concurrency_limit=spec.execution.parallelism,
@@ -310,15 +306,15 @@ async def _prefect(
 ) -> PrefectBatch:
     """The batch's Prefect objects, with the API key from ``spec.prefect.apiKeySecret`` (or
     the operator's own key for its default server)."""
-    api_key = ctx.settings.prefect_api_key if api_url == ctx.settings.prefect_api_url else None
+    prefect = batch_prefect(ctx.batch, ctx.ref.namespace, ctx.ref.uid, api_url)
+    if cache is not None:
+        prefect = cache.setdefault((ctx.ref.uid, api_url, prefect.pool), prefect)
     ref = ctx.spec.prefect.api_key_secret
-    pool = pool_of(ctx.batch, ctx.ref.namespace)
-    known = cache.get((ctx.ref.uid, api_url, pool)) if cache is not None else None
-    if ref is not None and known is not None and known.api_key_fresh():
-        api_key = known.api_key  # read less than a minute ago: no GET per reconcile
-    elif ref is not None:
-        data = await kube.read_secret(ctx.kube_api, ctx.ref.namespace, ref.name)
-        if data is None or ref.key not in data:
+    if ref is None:
+        prefect.api_key = _default_api_key(ctx.settings, api_url)
+    elif not prefect.api_key_fresh():  # read at most once a minute: no GET per reconcile
+        key = await _secret_api_key(ctx.kube_api, ctx.ref.namespace, ref)
+        if key is None:
             raise ctx.stop(
                 status,
                 "PoolReady",
@@ -328,13 +324,21 @@ async def _prefect(
                 f"{ref.name} --from-literal={ref.key}=<api key>",
                 BatchPhase.PENDING,
             )
-        api_key = data[ref.key].decode().strip()
-    prefect = batch_prefect(ctx.batch, ctx.ref.namespace, ctx.ref.uid, api_url, api_key)
-    if cache is not None:
-        cached = cache.setdefault((ctx.ref.uid, api_url, prefect.pool), prefect)
-        cached.set_api_key(api_key)  # a rotated key is used within a minute
-        prefect = cached
+        prefect.set_api_key(key)
     return prefect
+
+
+def _default_api_key(settings: OperatorSettings, api_url: str) -> str | None:
+    """The operator's own key (PREFECT_API_KEY), for its own default server only."""
+    return settings.prefect_api_key if api_url == settings.prefect_api_url else None
+
+
+async def _secret_api_key(kube_api: ApiClient, namespace: str, ref: SecretKeyRef) -> str | None:
+    """The key ``spec.prefect.apiKeySecret`` names, or None if the Secret or key is missing."""
+    data = await kube.read_secret(kube_api, namespace, ref.name)
+    if data is None or ref.key not in data:
+        return None
+    return data[ref.key].decode().strip()
 
 
 async def _children(
@@ -395,9 +399,7 @@ async def _pool(
             await prefect.update_base_job_template(template)
             ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
         else:
-            await prefect.ensure_deployment(
-                ctx.spec.sierra_root.mount_path, planning=ctx.spec.commands_file is not None
-            )
+            await prefect.ensure_deployment(ctx.spec.sierra_root.mount_path)
             ctx.events.append(("Normal", "PoolReady", f"work pool {prefect.pool} on {api_url}"))
     status = _condition(status, ctx.now, "PoolReady", True, "Created", f"work pool {prefect.pool}")
     return status.model_copy(update={"work_pool": prefect.pool})
@@ -517,11 +519,10 @@ async def finalize(
     api_url = api_url_of(batch, settings)
     if not api_url:
         return []
-    api_key = settings.prefect_api_key if api_url == settings.prefect_api_url else None
+    api_key = _default_api_key(settings, api_url)
     ref = batch.spec.prefect.api_key_secret
     if ref is not None and kube_api is not None:
-        data = await kube.read_secret(kube_api, meta["namespace"], ref.name) or {}
-        api_key = data[ref.key].decode().strip() if ref.key in data else None
+        api_key = await _secret_api_key(kube_api, meta["namespace"], ref)
     prefect = batch_prefect(batch, meta["namespace"], meta["uid"], api_url, api_key)
     try:
         left = await prefect.cancel_active(timeout=20)

@@ -15,16 +15,16 @@ pytestmark = pytest.mark.integration
 
 def test_planning_works_for_a_batch_provisioned_without_it(prefect_api_url: str) -> None:
     """A batch provisioned with inline experiments, then switched to spec.commandsFile, has
-    no planning deployment yet: plan() makes it, and asking again creates no second run."""
-    batch = PrefectBatch(
-        prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q"
-    )
+    no planning deployment yet: plan() makes it, and asking again (as a restarted operator
+    would, with nothing in memory) creates no second run."""
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
+    batch = PrefectBatch(*ids)
 
     async def scenario() -> tuple[str, uuid.UUID, uuid.UUID]:
         await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
-        await batch.ensure_deployment("/tmp", planning=False)
+        await batch.ensure_deployment("/tmp")
         first = await batch.plan("/tmp", "proj/batch", "k1")
-        again = await batch.plan("/tmp", "proj/batch", "k1")
+        again = await PrefectBatch(*ids).plan("/tmp", "proj/batch", "k1")
         await batch.cleanup()
         return first.state, first.id, again.id
 
