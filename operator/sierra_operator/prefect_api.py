@@ -151,6 +151,10 @@ class PrefectBatch:
     def _deployment_ref(self) -> str:
         return f"{names.EXPERIMENT_FLOW_NAME}/{self.deployment_name}"
 
+    @property
+    def _plan_deployment_ref(self) -> str:
+        return f"{names.PLAN_FLOW_NAME}/{self.plan_deployment_name}"
+
     async def resolve_deployment(self) -> UUID:
         """The deployment id, looked up by name (after an operator restart)."""
         if self.deployment_id is None:
@@ -410,13 +414,14 @@ class PrefectBatch:
             return await self._wait_final(client, live, timeout)
 
     async def cleanup(self) -> None:
-        """Delete this batch's deployment and pool; a pool someone else made is left alone."""
+        """Delete this batch's deployments and pool; a pool someone else made is left alone."""
         async with self.client() as client:
-            try:
-                deployment = await client.read_deployment_by_name(self._deployment_ref)
-                await client.delete_deployment(deployment.id)
-            except ObjectNotFound:
-                pass
+            for ref in (self._deployment_ref, self._plan_deployment_ref):
+                try:
+                    deployment = await client.read_deployment_by_name(ref)
+                    await client.delete_deployment(deployment.id)
+                except ObjectNotFound:
+                    pass
             try:
                 pool = await client.read_work_pool(self.pool)
             except ObjectNotFound:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 from sierra_operator.prefect_api import PrefectBatch
@@ -26,7 +27,12 @@ def test_planning_works_for_a_batch_provisioned_without_it(prefect_api_url: str)
         first = await batch.plan("/tmp", "proj/batch", "k1")
         again = await PrefectBatch(*ids).plan("/tmp", "proj/batch", "k1")
         await batch.cleanup()
-        return first.state, first.id, again.id
+        async with batch.client() as client:
+            try:
+                await client.read_deployment_by_name(f"sierra-plan/{batch.plan_deployment_name}")
+            except ObjectNotFound:
+                return first.state, first.id, again.id
+        raise AssertionError("cleanup left the planning deployment behind")
 
     state, first, again = asyncio.run(scenario())
     assert state == "pending", "no worker here: the planning flow run waits"
