@@ -33,6 +33,7 @@ from sierra_operator.images import (
     failing_step,
     is_git_context,
     registry_of,
+    tagged,
     tail,
 )
 from sierra_operator.model import ImageSpec
@@ -127,7 +128,7 @@ def build(
     assert image.build is not None
     spec = image.build
     api = api or _client(docker_host)
-    ref = f"{image.repository}:{image.tag}"
+    ref = tagged(image)
     log: list[str] = []
     started = time.monotonic()
     progress(f"building {ref} from {spec.context}")
@@ -163,7 +164,7 @@ def push(
     api: Any, image: ImageSpec, auth: RegistryAuth | None, secret: str | None, progress: Progress
 ) -> tuple[str, float]:
     """Push ``repository:tag``; returns the registry's digest and the push duration."""
-    ref = f"{image.repository}:{image.tag}"
+    ref = tagged(image)
     registry = registry_of(image.repository)
     started = time.monotonic()
     log: list[str] = []
@@ -217,4 +218,4 @@ def build_and_push(
         digest, push_seconds = push(api, image, auth, secret, progress)
     finally:
         api.close()
-    return Pushed(f"{image.repository}:{image.tag}", digest, build_seconds, push_seconds)
+    return Pushed(tagged(image), digest, build_seconds, push_seconds)

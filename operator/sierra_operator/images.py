@@ -139,6 +139,11 @@ def digest_in(text: str) -> str | None:
     return found.group(1) if found else None
 
 
+def is_directory_context(context: str) -> bool:
+    """Neither a git nor an http(s) tarball URL: a directory on this machine (local mode)."""
+    return not is_git_context(context) and not context.startswith(("http://", "https://"))
+
+
 def is_git_context(context: str) -> bool:
     """Contexts the engine must fetch itself (git); others (tarball URLs) the operator fetches."""
     return (

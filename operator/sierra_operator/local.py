@@ -135,12 +135,12 @@ class LocalRun:
         your `docker login` credentials, before anything else starts (runs here do not use
         the image: this prepares it for the cluster). The digest goes into status.json."""
         from sierra_operator.image_builder import ImageError, build_and_push
-        from sierra_operator.images import build_hash
+        from sierra_operator.images import build_hash, is_directory_context
 
         image = self.loaded.batch.spec.image
         assert image is not None and image.build is not None
         context = image.build.context
-        if "://" not in context and not context.startswith("git@"):
+        if is_directory_context(context):
             local = (self.loaded.workdir / context).resolve()
             image = image.model_copy(
                 update={"build": image.build.model_copy(update={"context": str(local)})}

@@ -13,6 +13,7 @@ from sierra_operator.images import (
     build_hash,
     digest_in,
     failing_step,
+    is_directory_context,
     is_git_context,
     path_in_registry,
     pinned,
@@ -109,3 +110,7 @@ def test_digest_pin_and_git_contexts() -> None:
     assert is_git_context("https://github.com/acme/foraging.git#main")
     assert is_git_context("git@github.com:acme/foraging.git")
     assert not is_git_context("https://example.org/ctx.tar.gz")
+    assert is_directory_context("ctx") and is_directory_context("/abs/ctx")
+    assert not is_directory_context("https://example.org/ctx.tar.gz")
+    assert not is_directory_context("git@github.com:acme/foraging.git")
+    assert not is_directory_context("github.com/acme/foraging")
