@@ -110,6 +110,12 @@ class KubeAPI:
         found = self.get(f"/api/v1/namespaces/{namespace}/events") or {}
         return list(found.get("items", []))
 
+    def condition(self, namespace: str, name: str, type_: str) -> dict[str, Any]:
+        """The batch's condition of ``type_`` (empty while it has none)."""
+        obj = self.batch(namespace, name) or {}
+        conditions = (obj.get("status") or {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == type_), {})
+
     def phase(self, namespace: str, name: str) -> str | None:
         obj = self.batch(namespace, name) or {}
         return (obj.get("status") or {}).get("phase")

@@ -162,7 +162,7 @@ def test_batches_in_two_namespaces_run_end_to_end(
         "Complete": "True",
     }
     assert obj["status"]["workPool"] == "sierra-lab-a-forage"
-    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "ImageReady")
+    ready = kube.condition("lab-a", "forage", "ImageReady")
     assert ready["reason"] == "Unverified", "no registry at localhost:5001: run by tag, said so"
     assert pool_exists(prefect_api_url, "sierra-lab-a-forage")
     assert pool_exists(prefect_api_url, "sierra-lab-b-forage"), "one pool per batch"
@@ -209,8 +209,7 @@ def test_invalid_spec_creates_nothing_and_says_why(kube, operator, prefect_api_u
     kube.create_batch("lab-a", no_image)
     for name, field in (("broken", "spec.execution.parallelism"), ("imageless", "spec.image")):
         wait_for(lambda name=name: kube.phase("lab-a", name) == "Failed", 60, f"{name} Failed")
-        obj = kube.batch("lab-a", name)
-        valid = next(c for c in obj["status"]["conditions"] if c["type"] == "Valid")
+        valid = kube.condition("lab-a", name, "Valid")
         assert valid["status"] == "False" and field in valid["message"], dump(valid)
         assert kube.get(f"/apis/apps/v1/namespaces/lab-a/deployments/{name}-worker") is None
         assert (
@@ -353,7 +352,7 @@ def test_built_image_is_pushed_pinned_and_rebuilt_only_when_inputs_change(
     assert first == image_env.registry_digest("built", "v1"), "status has the registry's digest"
     wait_for(lambda: kube.phase("lab-a", "built") == "Suspended", 60, "Suspended")
     obj = kube.batch("lab-a", "built")
-    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "ImageReady")
+    ready = kube.condition("lab-a", "built", "ImageReady")
     assert (ready["status"], ready["reason"]) == ("True", "Pushed")
     pool = obj["status"]["workPool"]
     assert pool_image(prefect_api_url, pool) == f"{image_env.registry}/built@{first}"
@@ -402,11 +401,8 @@ def test_build_and_push_failures_are_conditions_that_say_why(kube, operator, ima
     )
 
     def condition(name: str) -> dict | None:
-        obj = kube.batch("lab-b", name) or {}
-        found = [
-            c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "ImageReady"
-        ]
-        return found[0] if found and found[0]["reason"] not in ("Building",) else None
+        found = kube.condition("lab-b", name, "ImageReady")
+        return found if found and found["reason"] not in ("Building",) else None
 
     denied = wait_for(lambda: condition("denied"), 120, "the push to be refused")
     assert denied["status"] == "False" and denied["reason"] == "PushFailed", dump(denied)
@@ -438,9 +434,7 @@ def test_api_key_secret_and_prefect_outage_are_conditions_that_recover(
     key = "pnu_Secret-Key-0042"
 
     def pool_condition() -> dict:
-        obj = kube.batch("lab-c", "keyed") or {}
-        found = [c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "PoolReady"]
-        return found[0] if found else {}
+        return kube.condition("lab-c", "keyed", "PoolReady")
 
     dead = f"http://127.0.0.1:{free_port()}/api"
     doc = batch_doc("keyed", tmp_module / "root-keyed", [[probe(0.1)]])
@@ -495,9 +489,7 @@ def test_commands_file_is_planned_in_a_pod_then_run(kube, jobs, operator, worker
     assert len(spans) == 3, "outputs under SIERRA's batch root, each run once"
 
     wait_for(lambda: kube.phase("lab-b", "nofile") == "Failed", 240, "nofile to fail planning")
-    planned = next(
-        c for c in kube.batch("lab-b", "nofile")["status"]["conditions"] if c["type"] == "Planned"
-    )
+    planned = kube.condition("lab-b", "nofile", "Planned")
     assert planned["reason"] == "PlanFailed", dump(planned)
     assert "proj/none/commands.txt does not exist" in planned["message"]
 
