@@ -3,11 +3,13 @@
 Stands in for a real kube-apiserver, which cannot run here: OpenAPI v3 checks through
 ``jsonschema``, kubectl's strict field validation (unknown fields rejected), uniqueness of
 ``x-kubernetes-list-type: map`` keys and the CEL ``x-kubernetes-validations`` rules through
-``cel-python``. Defaults are not applied (the model applies the same ones).
+``cel-python``. Nulls are pruned and schema defaults applied first, as the API server does:
+a rule that a default makes fail (``claimName`` with a defaulted ``size``) fails here too.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import celpy
@@ -33,13 +35,32 @@ def _strict(node: Any) -> Any:
     return node
 
 
-def _extensions(schema: dict[str, Any], value: Any, path: str, errors: list[str]) -> None:
+def _defaulted(schema: dict[str, Any], value: Any) -> Any:
+    """``value`` as the API server validates it: null properties pruned (none is nullable),
+    then the schema's defaults filled in where a property is absent, recursively."""
     if isinstance(value, dict):
-        for rule in schema.get("x-kubernetes-validations", []):
-            env = celpy.Environment()
-            prog = env.program(env.compile(rule["rule"]))
-            if not prog.evaluate({"self": celpy.json_to_cel(value)}):
-                errors.append(f"{path}: {rule['message']}")
+        out = {k: v for k, v in value.items() if v is not None}
+        for key, sub in schema.get("properties", {}).items():
+            if key not in out and "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            if key in out:
+                out[key] = _defaulted(sub, out[key])
+        if isinstance(schema.get("additionalProperties"), dict):
+            for key in set(out) - set(schema.get("properties", {})):
+                out[key] = _defaulted(schema["additionalProperties"], out[key])
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_defaulted(schema["items"], item) for item in value]
+    return value
+
+
+def _extensions(schema: dict[str, Any], value: Any, path: str, errors: list[str]) -> None:
+    for rule in schema.get("x-kubernetes-validations", []):
+        env = celpy.Environment()
+        prog = env.program(env.compile(rule["rule"]))
+        if not prog.evaluate({"self": celpy.json_to_cel(value)}):
+            errors.append(f"{path}: {rule['message']}")
+    if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():
             if key in value:
                 _extensions(sub, value[key], f"{path}.{key}", errors)
@@ -56,6 +77,7 @@ def _extensions(schema: dict[str, Any], value: Any, path: str, errors: list[str]
 def crd_errors(document: dict[str, Any]) -> list[str]:
     """Every reason the API server would refuse ``document`` (empty: accepted)."""
     schema = spec_schema()
+    document = _defaulted(schema, document)
     validator = jsonschema.Draft7Validator(_strict(schema))
     errors = [
         ".".join(str(p) for p in e.absolute_path) + ": " + e.message

@@ -135,6 +135,7 @@ def _local(args: argparse.Namespace, console: Console) -> int:
     os.environ.pop("PREFECT_API_URL", None)
     from sierra_operator.local import LocalError, LocalOptions, LocalRun
     from sierra_operator.prefect_api import PoolConflict
+    from sierra_operator.progress import failure_lines
     from sierra_operator.server import ServerStartError
 
     opts = LocalOptions(
@@ -155,7 +156,10 @@ def _local(args: argparse.Namespace, console: Console) -> int:
         console.print(
             "failed runs: " + ", ".join(f"{e}/run{i}" for e, i in result.failed_runs),
             highlight=False,
+            markup=False,
         )
+        for line in failure_lines(result.status, result.failed_runs):
+            console.print("  " + line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"status: {result.status_file}", highlight=False)
     if result.timings:
         spent = (f"{k.replace('_', ' ')} {v:.1f}s" for k, v in result.timings.items())

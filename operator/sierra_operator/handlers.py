@@ -14,6 +14,7 @@ import kopf
 from kubernetes_asyncio import client, config
 
 from sierra_operator.crd import PLURAL
+from sierra_operator.idle import needs_reconcile
 from sierra_operator.image_stage import ImageStage
 from sierra_operator.model import GROUP, VERSION
 from sierra_operator.reconciler import finalize, reconcile, status_patch
@@ -63,18 +64,30 @@ def _post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.reconcile_seconds, initial_delay=0.1)
+def _needs_reconcile(body: kopf.Body, **_: Any) -> bool:
+    """kopf's ``when=`` filter: a finished or idle suspended batch gets no timer at all."""
+    return needs_reconcile(body)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=SETTINGS.reconcile_seconds,
+    initial_delay=0.1,
+    when=_needs_reconcile,
+)
 async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Reconcile one batch; one status patch per tick, only when something changed."""
+    """Reconcile one batch; a status patch only when the stored status would change."""
     try:
         outcome = await reconcile(
             body, SETTINGS, memo.kube_api, datetime.now(UTC), memo.prefect_batches, memo.images
         )
     except (OSError, client.exceptions.ApiException) as exc:
         raise kopf.TemporaryError(f"retrying: {exc}", delay=5) from exc
-    new = status_patch(outcome.status)
-    if new != dict(body.get("status") or {}):
-        patch.status.update(new)
+    change = status_patch(body.get("status"), outcome.status)
+    if change:
+        patch.status.update(change)
     _post(body, outcome.events)
 
 

@@ -17,6 +17,7 @@ from sierra_operator.model import SierraBatchSpec
 
 SIERRA_ROOT_VOLUME = "sierra-root"
 FINISHED_JOB_TTL_SECONDS = 3600
+SIGTERM_BEHAVIOR = "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"
 
 
 def default_kubernetes_template() -> dict[str, Any]:
@@ -53,6 +54,10 @@ def render_base_job_template(
     _set_default(variables, "finished_job_ttl", FINISHED_JOB_TTL_SECONDS)
     _set_default(variables, "backoff_limit", 0)  # retries are the batch's, not the Job's
     _set_default(variables, "stream_output", False)
+    # A SIGTERMed run pod (eviction, drain, `kubectl delete pod`) must not send its flow run
+    # back to the queue (the worker's default with backoffLimit 0: "reschedule"), which would
+    # execute the same attempt again; it crashes, and the operator retries it as a new attempt.
+    _set_default(variables, "env", {SIGTERM_BEHAVIOR: "none"})
     resources = spec.execution.resources
     for kind, values in (("request", resources.requests), ("limit", resources.limits)):
         for resource in ("cpu", "memory"):
@@ -73,6 +78,14 @@ def render_base_job_template(
     ]
     if spec.image is not None and spec.image.push_secret:
         pod["imagePullSecrets"] = [{"name": spec.image.push_secret}]
+    # Each attempt executes at most once: the Job never replaces its pod. By default a deleted
+    # pod is replaced even with backoffLimit 0 (deleted pods are not failures); with
+    # podReplacementPolicy Failed the Job waits for the pod to end and then fails. The
+    # podFailurePolicy also fails it on a disruption (eviction, preemption). Kubernetes >= 1.29.
+    job["spec"]["podReplacementPolicy"] = "Failed"
+    job["spec"]["podFailurePolicy"] = {
+        "rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+    }
     if spec.execution.run_timeout_seconds is not None:
         # Kubernetes ends a run pod that outlives the timeout even if the flow hangs.
         job["spec"]["activeDeadlineSeconds"] = spec.execution.run_timeout_seconds + 300

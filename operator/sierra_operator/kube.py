@@ -72,3 +72,30 @@ async def scale_workers(api: client.ApiClient, namespace: str, name: str, replic
     await client.AppsV1Api(api).patch_namespaced_deployment(
         name, namespace, {"spec": {"replicas": replicas}}
     )
+
+
+FLOW_RUN_LABEL = "prefect.io/flow-run-id"  # set by Prefect's worker on every Job it creates
+
+
+async def delete_flow_run_jobs(api: client.ApiClient, namespace: str, flow_run_id: str) -> bool:
+    """Delete the Jobs of one flow run, pods first (Foreground); True once none is left.
+
+    Before a run's next attempt is submitted, the previous attempt's Job must be gone, so the
+    two never overlap (a Job whose pod was deleted may otherwise start a replacement pod).
+    """
+    jobs = client.BatchV1Api(api)
+    found = await jobs.list_namespaced_job(
+        namespace, label_selector=f"{FLOW_RUN_LABEL}={flow_run_id}"
+    )
+    left = [j for j in found.items if (j.metadata.labels or {}).get(FLOW_RUN_LABEL) == flow_run_id]
+    for job in left:
+        if job.metadata.deletion_timestamp is not None:
+            continue  # being deleted: its pods go first
+        try:
+            await jobs.delete_namespaced_job(
+                job.metadata.name, namespace, propagation_policy="Foreground"
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    return not left

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +36,8 @@ class RunRecord:
     succeeded: bool
     started_at: float
     finished_at: float
+    reason: str = ""  # why it failed (exit code, stderr tail); empty when it succeeded
+    batch_id: str = ""  # the batch (cluster: uid; local: one invocation) that ran it
 
 
 def state_dir(batch_root: Path) -> Path:
@@ -95,3 +101,131 @@ def write_status(batch_root: Path, status: BatchStatus) -> Path:
     path = state_dir(batch_root) / names.STATUS_FILE
     atomic_write(path, status.model_dump_json(by_alias=True, indent=2, exclude_none=True) + "\n")
     return path
+
+
+# ----------------------------------------------------------------------------- attempts
+#
+# Each attempt of a run executes at most once, and an older attempt never runs once a newer
+# one has started: defended here, on the shared filesystem, whatever Prefect or Kubernetes do
+# (a Job that replaces a deleted pod re-executes its flow run; a worker may start a flow run
+# twice). Before touching any output, the run claims ``attempts/run<k>.<batch>.try<n>`` with
+# an exclusive create (atomic on local filesystems and NFS >= 3).
+
+
+class AttemptRefused(RuntimeError):
+    """This attempt must not execute: it already did, or a newer attempt has started."""
+
+
+def _attempts_dir(batch_root: Path, experiment: str) -> Path:
+    return state_dir(batch_root) / experiment / "attempts"
+
+
+def _claim_prefix(batch_id: str, index: int) -> str:
+    return f"run{index}.{re.sub(r'[^A-Za-z0-9_.-]', '_', batch_id)}.try"
+
+
+def _this_host() -> str:
+    """This machine (pod) and boot: process groups are only comparable on the same one."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _claims(batch_root: Path, batch_id: str, experiment: str, index: int) -> dict[int, Path]:
+    prefix = _claim_prefix(batch_id, index)
+    folder = _attempts_dir(batch_root, experiment)
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for path in folder.iterdir():
+        rest = path.name[len(prefix) :] if path.name.startswith(prefix) else ""
+        if rest.isdigit():
+            out[int(rest)] = path
+    return out
+
+
+def _refuse_if_newer(claims: dict[int, Path], experiment: str, index: int, attempt: int) -> None:
+    newer = max(claims, default=0)
+    if newer > attempt:
+        raise AttemptRefused(
+            f"{experiment}/run{index} attempt {attempt} refused: attempt {newer} of this run "
+            "has already started (an older attempt never runs after a newer one); nothing "
+            "was executed or written"
+        )
+
+
+def claim_attempt(
+    batch_root: Path, batch_id: str, experiment: str, index: int, attempt: int, flow_run: str
+) -> Path:
+    """Claim attempt ``attempt`` of a run for this process, or raise :class:`AttemptRefused`.
+
+    Called before the run writes anything. Returns the claim file (see :func:`note_process`).
+    """
+    _refuse_if_newer(_claims(batch_root, batch_id, experiment, index), experiment, index, attempt)
+    folder = _attempts_dir(batch_root, experiment)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_claim_prefix(batch_id, index)}{attempt}"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise AttemptRefused(
+            f"{experiment}/run{index} attempt {attempt} refused: this attempt already executed "
+            f"once (claimed in {path}); this is a re-execution (a replaced pod or a restarted "
+            "flow run) and each attempt executes at most once; nothing was executed or written"
+        ) from None
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"flow_run": flow_run, "host": _this_host(), "claimed_at": time.time()}, fh)
+    # A newer attempt that claimed between our check and our create wins: we stand down.
+    _refuse_if_newer(_claims(batch_root, batch_id, experiment, index), experiment, index, attempt)
+    return path
+
+
+def note_process(claim: Path, pgid: int) -> None:
+    """Record the process group executing the claimed attempt (see :func:`stop_older`)."""
+    data = json.loads(claim.read_text())
+    data["pgid"] = pgid
+    atomic_write(claim, json.dumps(data) + "\n")
+
+
+def stop_older(
+    batch_root: Path, batch_id: str, experiment: str, index: int, attempt: int, wait: float = 10.0
+) -> list[int]:
+    """Kill what is left of older attempts of this run on this machine; returns their pgids.
+
+    An attempt whose flow-run process died (SIGKILL, crash) leaves its command running in its
+    own process group; the next attempt must not overlap with it. Only process groups
+    recorded on this same host and boot are touched (another pod's numbers mean nothing here).
+    """
+    here = _this_host()
+    killed = []
+    for older, path in _claims(batch_root, batch_id, experiment, index).items():
+        if older >= attempt:
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        pgid = data.get("pgid")
+        if data.get("host") != here or not isinstance(pgid, int) or not _group_alive(pgid):
+            continue
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.append(pgid)
+        deadline = time.monotonic() + wait
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return killed
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

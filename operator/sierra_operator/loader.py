@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from sierra_operator.model import SierraBatch, SpecError, parse_batch
+from sierra_operator.model import COMMANDS_FILE_FIX, SierraBatch, SpecError, parse_batch
 from sierra_operator.plan import (
     Plan,
     PlanError,
@@ -49,9 +49,23 @@ def read_batch_file(path: Path) -> SierraBatch:
 
 
 def resolve_under_root(sierra_root: Path, name: str) -> Path:
-    """A path from the spec: absolute as is, relative under sierra-root."""
-    path = Path(name)
-    return path if path.is_absolute() else sierra_root / path
+    """``spec.commandsFile`` under sierra-root; :class:`SpecError` if it leads out of it.
+
+    The model already refuses absolute paths and '..', but only on the string: a symlink
+    under sierra-root can still point anywhere, and the planning pod would read (and
+    publish) whatever file it lands on. So the resolved path must be inside the resolved
+    root. The unresolved path is returned: it is the one SIERRA's commands name."""
+    target = sierra_root / name
+    try:
+        resolved, root = target.resolve(), sierra_root.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before 3.13
+        raise SpecError(f"spec.commandsFile: {name!r} cannot be resolved ({exc})") from None
+    if not resolved.is_relative_to(root):
+        raise SpecError(
+            f"spec.commandsFile: {name!r} leaves sierra-root (it resolves to {resolved}); "
+            f"{COMMANDS_FILE_FIX}"
+        )
+    return target
 
 
 def load_plan(batch: SierraBatch, sierra_root: Path) -> tuple[Plan, Path]:

@@ -163,7 +163,9 @@ class LocalRun:
         """Pool, queue, deployment, then the workers."""
         from prefect.workers.process import ProcessWorker
 
-        self.prefect = PrefectBatch(api_url, self.batch_id, self.pool, self.queue)
+        self.prefect = PrefectBatch(
+            api_url, self.batch_id, self.pool, self.queue, read_records=True
+        )
         template = ProcessWorker.get_default_base_job_template()
         self._await(self.prefect.ensure_pool(template))
         self._await(self.prefect.ensure_deployment(str(self.loaded.workdir)))
@@ -204,6 +206,8 @@ class LocalRun:
                         "workdir": str(self.loaded.workdir),
                         "parallelism": spec.execution.parallelism,
                         "timeout_seconds": spec.execution.run_timeout_seconds,
+                        # SIERRA batches: nothing of ours under exp-outputs/
+                        "run_output": spec.experiments is not None,
                     },
                 )
             )

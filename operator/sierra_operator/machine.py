@@ -26,12 +26,14 @@ from datetime import datetime
 from enum import StrEnum
 
 from sierra_operator.model import (
+    MAX_FAILED_RUNS_LISTED,
     BatchPhase,
     BatchStatus,
     Condition,
     ExecutionSpec,
     ExperimentPhase,
     ExperimentStatus,
+    FailedRun,
     FailurePolicy,
     RunCounts,
 )
@@ -49,10 +51,16 @@ class RunPhase(StrEnum):
 
 @dataclass(frozen=True)
 class RunObservation:
-    """The latest attempt of a run and how many attempts have been submitted so far."""
+    """The latest attempt of a run and how many attempts have been submitted so far.
+
+    ``reason`` and ``log`` say why a failed attempt failed (exit code and stderr tail, or
+    Prefect's crash message) and where its full stderr is, for status and the summary.
+    """
 
     phase: RunPhase
     attempts: int = 1
+    reason: str = ""
+    log: str | None = None
 
 
 RunKey = tuple[str, int]
@@ -231,6 +239,7 @@ def decide(
         for run, cls in zip(v.spec.runs, v.classes, strict=True)
         if cls is _RunClass.FAILED
     )
+    failed_detail = [_failed_run(key, observed[key]) for key in failed_runs]
     phase, reason, message = _phase(
         current is None, stopping, any_failed, any_active or bool(actions), suspend, failed_runs
     )
@@ -262,11 +271,18 @@ def decide(
             "experiments": experiments,
             "runs": totals,
             "runs_done": f"{totals.succeeded + totals.failed}/{totals.total}",
+            "failed_runs": failed_detail[:MAX_FAILED_RUNS_LISTED],
             "started_at": started,
             "finished_at": (previous.finished_at or now) if terminal else None,
         }
     )
     return Decision(tuple(actions), status, failed_runs)
+
+
+def _failed_run(key: RunKey, obs: RunObservation) -> FailedRun:
+    return FailedRun(
+        experiment=key[0], run=key[1], attempt=obs.attempts, reason=obs.reason, log=obs.log
+    )
 
 
 def _phase(

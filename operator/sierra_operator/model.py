@@ -8,12 +8,22 @@ Kubernetes camelCase names; Python code uses snake_case attributes.
 
 from __future__ import annotations
 
+import posixpath
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 GROUP = "sierra.research.io"
 VERSION = "v1alpha1"
@@ -24,7 +34,13 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # that is safe as a directory name and a Prefect tag.
 EXPERIMENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$"
 DNS1123_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+# The API server's own syntax for resource.Quantity (apimachinery's quantity.go), so what
+# the CRD admits a Pod or PVC accepts too: 500m, 2, 1.5Gi, 1e3.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 
 ONE_SOURCE_RULE = (
     "[has(self.experiments), has(self.commandsFile), has(self.sierra)].filter(x, x).size() == 1"
@@ -34,6 +50,37 @@ ONE_SOURCE_MESSAGE = (
     "spec.commandsFile (a SIERRA commands file) or spec.sierra (run SIERRA stage 1)"
 )
 UNIQUE_NAMES_MESSAGE = "experiment names must be unique"
+
+COMMANDS_FILE_EXAMPLE = "proj/ctrl/scn/batch/commands.txt"
+COMMANDS_FILE_FIX = (
+    "give a path relative to spec.sierraRoot.mountPath, e.g. " + COMMANDS_FILE_EXAMPLE
+)
+# A CEL rule cannot normalise a path, and the CRD and the model must agree: so every '..'
+# segment is refused (SIERRA never writes one), not only those that climb out.
+COMMANDS_FILE_RULE = "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')"
+COMMANDS_FILE_MESSAGE = (
+    "spec.commandsFile: must stay under sierra-root (no leading '/', no '..' segments); "
+    + COMMANDS_FILE_FIX
+)
+# Settings of the claim the operator creates: meaningless for a claim it adopts.
+CLAIM_SETTINGS = ("size", "storageClassName", "accessModes")
+CLAIM_CONFLICT = (
+    "not allowed with spec.sierraRoot.claimName (an existing PVC is adopted as it is); "
+    "remove one of them"
+)
+
+
+def _no_crd_default(schema: dict[str, Any]) -> None:
+    """Drop a field's default from the CRD: the API server applies schema defaults before
+    it evaluates CEL rules, so a defaulted ``size`` would always conflict with
+    ``claimName``. The model still applies the default (see its description)."""
+    schema.pop("default", None)
+
+
+def _spec_rule_error(message: str) -> PydanticCustomError:
+    """An error whose message says it all: printed after the field path as is, without the
+    value and field description :func:`format_validation_error` adds to pydantic's own."""
+    return PydanticCustomError("spec_rule", "{message}", {"message": message})
 
 
 class _Model(BaseModel):
@@ -95,6 +142,18 @@ AccessMode = Literal["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWrit
 class SierraRootSpec(_Model):
     """The shared filesystem holding --sierra-root, mounted at the same path everywhere."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.claimName) || !has(self.{field})",
+                    "message": f"spec.sierraRoot.{field}: {CLAIM_CONFLICT}",
+                }
+                for field in CLAIM_SETTINGS
+            ]
+        }
+    )
+
     mount_path: str = Field(
         default="/sierra-root",
         pattern=r"^/.*",
@@ -107,23 +166,37 @@ class SierraRootSpec(_Model):
         max_length=253,
         description="Existing PersistentVolumeClaim to use; omit to let the operator create one.",
     )
-    size: str = Field(
+    size: Quantity = Field(
         default="10Gi",
-        pattern=QUANTITY_PATTERN,
-        description="Size of the PersistentVolumeClaim the operator creates.",
+        json_schema_extra=_no_crd_default,
+        description="Size of the PersistentVolumeClaim the operator creates (default 10Gi); "
+        "not allowed with claimName.",
     )
     storage_class_name: str | None = Field(
-        default=None, description="StorageClass of the created claim; omit for the default."
+        default=None,
+        description="StorageClass of the created claim; omit for the default. "
+        "Not allowed with claimName.",
     )
     access_modes: list[AccessMode] = Field(
         default_factory=lambda: list[AccessMode](["ReadWriteMany"]),
         min_length=1,
-        description="Access modes of the created claim; runs on many nodes need ReadWriteMany.",
+        description="Access modes of the created claim (default [ReadWriteMany]: runs on many "
+        "nodes need it); not allowed with claimName.",
     )
     delete_with_batch: bool = Field(
         default=False,
         description="Delete the created claim (and its data) with the batch. Default: keep it.",
     )
+
+    @field_validator("size", "storage_class_name", "access_modes")
+    @classmethod
+    def _not_with_claim(cls, value: Any, info: ValidationInfo) -> Any:
+        """Settings of a claim to create, given with one to adopt: one of them is a mistake
+        (the size would be silently ignored). Runs only for fields the user set, so the
+        model's defaults never conflict; mirrors the CRD's CEL rules."""
+        if value is not None and info.data.get("claim_name") is not None:
+            raise _spec_rule_error(CLAIM_CONFLICT)
+        return value
 
 
 class RunSpec(_Model):
@@ -161,10 +234,13 @@ class SierraSpec(_Model):
 class ResourceRequirements(_Model):
     """Kubernetes resources of each run pod."""
 
-    requests: dict[str, str] = Field(
-        default_factory=dict, description="Resource requests, e.g. {cpu: '1', memory: 1Gi}."
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Resource requests (Kubernetes quantities), e.g. {cpu: 500m, memory: 1Gi}.",
     )
-    limits: dict[str, str] = Field(default_factory=dict, description="Resource limits.")
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource limits (Kubernetes quantities)."
+    )
 
 
 class FailurePolicy(StrEnum):
@@ -271,9 +347,15 @@ class SierraBatchSpec(_Model):
     commands_file: str | None = Field(
         default=None,
         min_length=1,
-        description="A SIERRA commands file, relative to sierra-root (or absolute under "
-        "mountPath): the per-batch <batch-root>/commands.txt, or a batch root whose "
+        max_length=4096,  # PATH_MAX; also bounds the CEL rule's cost for the API server
+        description="A SIERRA commands file, relative to sierra-root (no leading '/', no "
+        "'..'): the per-batch <batch-root>/commands.txt, or a batch root whose "
         "exp-inputs/<exp>/commands.txt hold each experiment.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": COMMANDS_FILE_RULE, "message": COMMANDS_FILE_MESSAGE}
+            ]
+        },
     )
     sierra: SierraSpec | None = Field(
         default=None, description="Run SIERRA stage 1 in the image to make the experiments."
@@ -285,6 +367,30 @@ class SierraBatchSpec(_Model):
     suspend: bool = Field(
         default=False, description="Start no new runs while true; running ones finish."
     )
+
+    @field_validator("commands_file")
+    @classmethod
+    def _under_sierra_root(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The planning pod opens this path under the mount: an absolute path or a '..'
+        could read any file of the pod (/sierra-root/../../etc/passwd exists there), so
+        both are refused here, on the path string alone, as the CRD's CEL rule does."""
+        if value is None:
+            return value
+        if value.startswith("/"):
+            root = info.data.get("sierra_root")
+            mount = root.mount_path if isinstance(root, SierraRootSpec) else "/sierra-root"
+            inside = posixpath.relpath(posixpath.normpath(value), posixpath.normpath(mount))
+            fix = COMMANDS_FILE_FIX
+            if not inside.startswith(".."):
+                fix = f"give it relative to spec.sierraRoot.mountPath ({mount}): {inside}"
+            raise _spec_rule_error(f"{value!r} is absolute; {fix}")
+        if ".." in value.split("/"):
+            if posixpath.normpath(value).split("/")[0] == "..":
+                problem = "leaves sierra-root"
+            else:
+                problem = "has a '..' segment (not allowed: paths must stay under sierra-root)"
+            raise _spec_rule_error(f"{value!r} {problem}; {COMMANDS_FILE_FIX}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> SierraBatchSpec:
@@ -403,6 +509,25 @@ class ImageStatus(_Model):
     )
 
 
+MAX_FAILED_RUNS_LISTED = 20
+"""Failed runs named one by one in status (etcd objects stay small; the rest are counted)."""
+
+
+class FailedRun(_Model):
+    """One experimental run that failed for good, and why: what `kubectl describe` shows."""
+
+    experiment: str = Field(description="Experiment name.")
+    run: int = Field(ge=0, description="Run index inside the experiment.")
+    attempt: int = Field(default=1, ge=1, description="The attempt that failed last (1-based).")
+    reason: str = Field(
+        default="",
+        description="Exit code and last stderr lines, or Prefect's crash message (short).",
+    )
+    log: str | None = Field(
+        default=None, description="Full stderr of the attempt under sierra-root, if it ran."
+    )
+
+
 class BatchStatus(_Model):
     """What the operator observed; every decision can be re-made from it."""
 
@@ -427,6 +552,11 @@ class BatchStatus(_Model):
     )
     runs: RunCounts = Field(default_factory=RunCounts, description="Run counts over the batch.")
     runs_done: str = Field(default="0/0", description="Final runs / total, for printing.")
+    failed_runs: list[FailedRun] = Field(
+        default_factory=list,
+        max_length=MAX_FAILED_RUNS_LISTED,
+        description=f"The first {MAX_FAILED_RUNS_LISTED} failed runs, each with its reason.",
+    )
     started_at: datetime | None = Field(default=None, description="When the first run started.")
     finished_at: datetime | None = Field(default=None, description="When the batch ended.")
 
@@ -478,6 +608,12 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _quantity_message(path: str, given: Any) -> str:
+    """A quantity pattern error in words: the regular expression helps nobody."""
+    examples = '"10Gi"' if path.endswith(".size") else '"500m" or "2" for cpu, "1Gi" for memory'
+    return f"{given!r} is not a Kubernetes quantity; use e.g. {examples}"
+
+
 def format_validation_error(error: ValidationError, source: str = "") -> str:
     """One line per problem: field path, what is wrong, the value given, what is expected."""
     lines = []
@@ -485,6 +621,15 @@ def format_validation_error(error: ValidationError, source: str = "") -> str:
         loc = tuple(err["loc"])
         path = _field_path(loc) or "(document)"
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "spec_rule":
+            lines.append(f"{source}{path}: {msg}")
+            continue
+        if (
+            err["type"] == "string_pattern_mismatch"
+            and err.get("ctx", {}).get("pattern") == QUANTITY_PATTERN
+        ):
+            lines.append(f"{source}{path}: {_quantity_message(path, err.get('input'))}")
+            continue
         if err["type"] == "extra_forbidden":
             parent = _field_path(loc[:-1]) or "the document"
             msg = (

@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +33,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Cancelling
 
 from sierra_operator import names
+from sierra_operator.ledger import RunRecord, read_record, run_paths
 from sierra_operator.machine import RunAttempt, RunKey, RunObservation, RunPhase, SubmitRuns
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,128 @@ def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
     return obj.state.type if obj.state is not None else None
 
 
+RecordLookup = Callable[[str, str, int], RunRecord | None]
+"""(batch root, experiment, run index) -> the run's durable record, if readable here."""
+
+FLOW_PHASES = {
+    StateType.COMPLETED: RunPhase.SUCCEEDED,
+    StateType.FAILED: RunPhase.FAILED,
+    StateType.CRASHED: RunPhase.FAILED,
+    StateType.CANCELLED: RunPhase.FAILED,
+    StateType.RUNNING: RunPhase.RUNNING,
+    StateType.CANCELLING: RunPhase.RUNNING,
+}
+REASON_CHARS = 800
+_MESSAGE_PREFIXES = (
+    "Flow run encountered an exception: ",
+    "Task run encountered an exception ",
+    "Task run encountered an exception: ",
+    "RunFailed: ",
+    "AttemptRefused: ",
+)
+
+
+def ledger_lookup(batch_root: str, experiment: str, index: int) -> RunRecord | None:
+    """The run's durable record on this machine's view of sierra-root (local mode)."""
+    return read_record(Path(batch_root), experiment, index)
+
+
+def _is_single_run(fr: FlowRun) -> bool:
+    """A flow run that executes exactly one run (the cluster's shape: one Job per run)."""
+    return any(tag.startswith(names.run_tag(0)[:-1]) for tag in fr.tags)
+
+
+def failure_reason(message: str | None, experiment: str, index: int, fallback: str) -> str:
+    """A state message as a run's failure reason: Prefect's and our prefixes removed, short."""
+    text = (message or "").strip()
+    changed = True
+    while changed:
+        changed = False
+        for prefix in (*_MESSAGE_PREFIXES, f"{experiment}/run{index} "):
+            if text.startswith(prefix):
+                text, changed = text[len(prefix) :].lstrip(), True
+    text = text or fallback
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+def flow_run_observations(
+    fr: FlowRun, tasks: dict[int, TaskRun], record: RecordLookup | None = None
+) -> tuple[dict[RunKey, tuple[int, RunObservation]], bool]:
+    """Each run of one flow run, and whether these observations are settled for good.
+
+    A final flow run never turns a run into a failure through missing or stale task
+    information (task states reach Prefect's database later, through events):
+
+    * a flow run of one run (cluster) is that run: its own state is authoritative;
+    * in a wave, a final task state counts; else a COMPLETED flow run means every run
+      succeeded (the flow raises when one fails); else the durable run record of this
+      attempt settles it; else a crashed or cancelled flow run failed its unfinished runs;
+      anything still unknown stays active and is read again.
+    """
+    flow_state = _state_type(fr)
+    flow_final = flow_state in FINAL_STATES
+    experiment = str(fr.parameters.get("experiment"))
+    batch_root = str(fr.parameters.get("batch_root", ""))
+    single = _is_single_run(fr)
+    out = {}
+    for run in fr.parameters.get("runs", []):
+        index, attempt = int(run["index"]), int(run["attempt"])
+        log = str(run_paths(Path(batch_root), experiment, index)[1]) if batch_root else None
+        obs = _observe_run(fr, tasks.get(index), single, experiment, index, attempt, record)
+        if obs.phase is RunPhase.FAILED:
+            obs = RunObservation(obs.phase, attempt, obs.reason, log)
+        out[(experiment, index)] = (attempt, obs)
+    settled = flow_final and all(
+        obs.phase in (RunPhase.SUCCEEDED, RunPhase.FAILED) for _, obs in out.values()
+    )
+    return out, settled
+
+
+def _observe_run(
+    fr: FlowRun,
+    tr: TaskRun | None,
+    single: bool,
+    experiment: str,
+    index: int,
+    attempt: int,
+    record: RecordLookup | None,
+) -> RunObservation:
+    flow_state = _state_type(fr)
+    flow_message = fr.state.message if fr.state is not None else None
+
+    def failed(message: str | None, fallback: str) -> RunObservation:
+        return RunObservation(
+            RunPhase.FAILED, attempt, failure_reason(message, experiment, index, fallback)
+        )
+
+    if single:
+        phase = FLOW_PHASES.get(flow_state, RunPhase.PENDING) if flow_state else RunPhase.PENDING
+        if phase is RunPhase.FAILED:
+            return failed(flow_message, f"flow run {fr.name} ended {flow_state}")
+        return RunObservation(phase, attempt)
+    task_state = _state_type(tr) if tr is not None else None
+    if task_state in FINAL_STATES:
+        assert tr is not None and tr.state is not None
+        phase = TASK_PHASES[task_state]
+        if phase is RunPhase.FAILED:
+            return failed(tr.state.message, f"task run ended {task_state}")
+        return RunObservation(phase, attempt)
+    if flow_state not in FINAL_STATES:
+        phase = TASK_PHASES.get(task_state, RunPhase.PENDING) if task_state else RunPhase.PENDING
+        return RunObservation(phase, attempt)
+    if flow_state is StateType.COMPLETED:
+        return RunObservation(RunPhase.SUCCEEDED, attempt)
+    rec = record(str(fr.parameters.get("batch_root", "")), experiment, index) if record else None
+    if rec is not None and rec.attempt == attempt:
+        if rec.succeeded:
+            return RunObservation(RunPhase.SUCCEEDED, attempt)
+        return failed(rec.reason, f"exited {rec.exit_code}")
+    if flow_state in (StateType.CRASHED, StateType.CANCELLED) or record is not None:
+        # The flow run ended under it (crashed, cancelled) or it never wrote its record.
+        return failed(flow_message, f"flow run {fr.name} ended {flow_state} before it finished")
+    return RunObservation(RunPhase.RUNNING, attempt)  # not known yet: read again
+
+
 @dataclass(frozen=True)
 class PlanRun:
     """Where the planning flow run of one spec generation stands."""
@@ -87,6 +212,10 @@ class PrefectBatch:
     deployment_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
+    # Which flow run executes (experiment, run, attempt): to stop an attempt for good.
+    attempt_flow_runs: dict[tuple[str, int, int], UUID] = field(default_factory=dict)
+    # Local mode: the run records on sierra-root settle runs whose task state is not known yet.
+    read_records: bool = False
     # Published plans already read, by plan key: (plan JSON, never changes once published).
     plans: dict[str, str] = field(default_factory=dict)
     _plan_runs: dict[str, UUID] = field(default_factory=dict)
@@ -341,50 +470,37 @@ class PrefectBatch:
         return out
 
     async def observe(self) -> dict[RunKey, RunObservation]:
-        """Latest attempt of every submitted run of this batch, as Prefect reports it now."""
+        """Latest attempt of every submitted run of this batch, as Prefect reports it now.
+
+        Only observations that can no longer change are cached (a final flow run whose runs
+        are all settled); anything unknown is read again next time.
+        """
         async with self.client() as client:
             flow_runs = await self._flow_runs(
                 client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
             )
             live = [fr for fr in flow_runs if fr.id not in self._final]
-            tasks = await self._task_runs(client, [fr.id for fr in live])
+            waves = [fr.id for fr in live if not _is_single_run(fr)]
+            tasks = await self._task_runs(client, waves)
         by_flow: dict[UUID, dict[int, TaskRun]] = {}
         for tr in tasks:
             index = _run_index(tr)
             if tr.flow_run_id is not None and index is not None:
                 by_flow.setdefault(tr.flow_run_id, {})[index] = tr
+        lookup = ledger_lookup if self.read_records else None
         current: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = {}
         for fr in live:
-            current[fr.id] = self._wave_observations(fr, by_flow.get(fr.id, {}))
-            if _state_type(fr) in FINAL_STATES:
-                self._final[fr.id] = current[fr.id]
+            observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup)
+            current[fr.id] = observations
+            if settled:
+                self._final[fr.id] = observations
         latest: dict[RunKey, tuple[int, RunObservation]] = {}
         for fr in flow_runs:
             for key, (attempt, obs) in (self._final.get(fr.id) or current.get(fr.id, {})).items():
+                self.attempt_flow_runs[(*key, attempt)] = fr.id
                 if key not in latest or attempt > latest[key][0]:
                     latest[key] = (attempt, obs)
         return {key: obs for key, (_, obs) in latest.items()}
-
-    @staticmethod
-    def _wave_observations(
-        fr: FlowRun, tasks: dict[int, TaskRun]
-    ) -> dict[RunKey, tuple[int, RunObservation]]:
-        """Each run of one wave: its task run's state, or the flow run's if none yet."""
-        flow_state = _state_type(fr)
-        flow_final = flow_state in FINAL_STATES
-        experiment = str(fr.parameters.get("experiment"))
-        out = {}
-        for run in fr.parameters.get("runs", []):
-            index, attempt = int(run["index"]), int(run["attempt"])
-            tr = tasks.get(index)
-            phase = RunPhase.PENDING
-            if tr is not None:
-                task_state = _state_type(tr)
-                phase = TASK_PHASES.get(task_state, RunPhase.PENDING) if task_state else phase
-            if flow_final and phase in (RunPhase.PENDING, RunPhase.RUNNING):
-                phase = RunPhase.FAILED  # the flow run ended (crashed, cancelled) under it
-            out[(experiment, index)] = (attempt, RunObservation(phase, attempt))
-        return out
 
     async def _live_ids(self, client: PrefectClient) -> list[UUID]:
         flow_runs = await self._flow_runs(

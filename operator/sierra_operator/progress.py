@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from sierra_operator.machine import RunKey
 from sierra_operator.model import BatchStatus
@@ -88,5 +89,19 @@ def summary_table(status: BatchStatus, failed_runs: Sequence[RunKey]) -> Table:
             str(exp.pending + exp.running),
         )
     if failed_runs:
-        table.caption = "failed: " + ", ".join(f"{e}/run{i}" for e, i in failed_runs)
+        # Text, not markup: names come from the user's files.
+        table.caption = Text("failed: " + ", ".join(f"{e}/run{i}" for e, i in failed_runs))
     return table
+
+
+def failure_lines(status: BatchStatus, failed_runs: Sequence[RunKey]) -> list[str]:
+    """One line per failed run with its reason and full log, as status records them (the
+    first ones; the rest are counted): what a user needs before opening any file."""
+    lines = [
+        f"{f.experiment}/run{f.run} (attempt {f.attempt}): {f.reason or 'failed'}"
+        + (f" [full stderr: {f.log}]" if f.log else "")
+        for f in status.failed_runs
+    ]
+    if len(failed_runs) > len(status.failed_runs):
+        lines.append(f"... and {len(failed_runs) - len(status.failed_runs)} more failed run(s)")
+    return lines

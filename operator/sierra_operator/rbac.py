@@ -38,6 +38,9 @@ OPERATOR_CALLS: frozenset[Call] = frozenset(
         ("apps", "deployments", "get"),
         ("apps", "deployments", "create"),
         ("apps", "deployments", "patch"),
+        # A failed attempt's Job is deleted (and confirmed gone) before the next attempt.
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "delete"),
     }
 )
 

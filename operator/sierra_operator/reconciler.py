@@ -17,10 +17,10 @@ import httpx
 from kubernetes_asyncio.client import ApiClient
 from prefect.exceptions import PrefectHTTPStatusError
 
-from sierra_operator import kube, names
+from sierra_operator import kube, merge_patch, names
 from sierra_operator.image_stage import ImageRequest, ImageStage
 from sierra_operator.job_template import default_kubernetes_template, render_base_job_template
-from sierra_operator.machine import decide, set_condition
+from sierra_operator.machine import SubmitRuns, decide, set_condition
 from sierra_operator.manifests import BatchRef, WorkerConfig, claim_name, render_children
 from sierra_operator.model import (
     TERMINAL_PHASES,
@@ -107,9 +107,22 @@ def read_status(raw: Mapping[str, Any] | None) -> BatchStatus:
         return BatchStatus()
 
 
-def status_patch(status: BatchStatus) -> dict[str, Any]:
-    """The status as a JSON merge patch body (absent fields become null: removed)."""
-    return status.model_dump(mode="json", by_alias=True)
+def status_document(status: BatchStatus) -> dict[str, Any]:
+    """The status as the API server stores it: absent fields absent, never ``null`` (a JSON
+    merge patch deletes a key set to ``null``, so a stored status holds none)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def status_patch(stored: Mapping[str, Any] | None, status: BatchStatus) -> dict[str, Any]:
+    """The JSON merge patch that turns the stored status into ``status``; ``{}`` when the
+    API server would store the same thing again, so an unchanged batch costs no write.
+
+    Top-level fields this version does not know are left as they are (as
+    :func:`read_status` ignores them), not deleted.
+    """
+    known = {f.alias or n for n, f in BatchStatus.model_fields.items()}
+    old = {k: v for k, v in (stored or {}).items() if k in known}
+    return merge_patch.diff(old, status_document(status))
 
 
 def _condition(
@@ -196,8 +209,11 @@ async def reconcile(
         if previous.phase in TERMINAL_PHASES and _is_true(previous, "Complete"):
             # Final: workers were scaled to 0 in the reconcile that reached this phase (and
             # the phase was only stored after that succeeded). A finished batch is not
-            # restarted; one that failed validation is retried once its spec is fixed.
-            return Outcome(previous)
+            # restarted; one that failed validation is retried once its spec is fixed. The
+            # new generation is recorded as seen, so the timer's filter turns it off again.
+            return Outcome(
+                previous.model_copy(update={"observed_generation": meta.get("generation")})
+            )
         ctx = _Batch(
             batch,
             BatchRef(batch.metadata.name, meta["namespace"], meta["uid"]),
@@ -255,7 +271,9 @@ async def _stages(
     try:
         status = await _pool(ctx, status, prefect, image, api_url)
         status, plan, batch_root = await _plan(ctx, status, prefect)
-        return await _advance(ctx, status, prefect, plan, batch_root)
+        outcome = await _advance(ctx, status, prefect, plan, batch_root)
+        await _scale_for_suspend(ctx, outcome.status)
+        return outcome
     except PREFECT_ERRORS as exc:
         raise ctx.stop(
             status,
@@ -264,6 +282,28 @@ async def _stages(
             f"Prefect API {api_url} failed: {type(exc).__name__}: {exc}; retrying",
             status.phase,
         ) from None
+
+
+async def _scale_for_suspend(ctx: _Batch, status: BatchStatus) -> None:
+    """Workers to 0 when the batch becomes Suspended, back to ``execution.workers`` when it
+    is resumed: on those transitions only, not every reconcile.
+
+    Also to 0 again when a suspended batch's spec changed: :func:`_children` has just patched
+    the worker Deployment to the spec's replicas. The status is stored only after this
+    returns, so a failed scale is retried by the next reconcile (same transition again).
+    """
+    was_suspended = ctx.previous.phase is BatchPhase.SUSPENDED
+    if status.phase is BatchPhase.SUSPENDED:
+        if was_suspended and ctx.previous.observed_generation == ctx.generation:
+            return
+        replicas = 0
+    elif was_suspended and not ctx.spec.suspend and status.phase not in TERMINAL_PHASES:
+        replicas = ctx.spec.execution.workers
+    else:
+        return
+    await kube.scale_workers(
+        ctx.kube_api, ctx.ref.namespace, names.worker_name(ctx.ref.name), replicas
+    )
 
 
 def _api_url(ctx: _Batch, status: BatchStatus) -> str:
@@ -487,17 +527,22 @@ async def _advance(
         "batch_root": batch_root,
         "workdir": spec.sierra_root.mount_path,
         "timeout_seconds": spec.execution.run_timeout_seconds,
+        # SIERRA batches: nothing of ours under exp-outputs/
+        "run_output": spec.experiments is not None,
     }
     for action in decision.actions:
+        if not await _previous_attempts_gone(ctx, prefect, action):
+            continue  # decided again next reconcile, once they are gone
         await prefect.submit_each(action, parameters)
         ctx.events.append(
             (
                 "Normal",
-                "ExperimentStarted",
+                "ExperimentStarted" if action.runs[0].attempt == 1 else "RunsRetried",
                 f"{action.experiment}: submitted {len(action.runs)} run(s)",
             )
         )
     status = decision.status
+    ctx.events += failure_events(ctx.previous, status)
     if status.phase in TERMINAL_PHASES:
         await kube.scale_workers(
             ctx.kube_api, ctx.ref.namespace, names.worker_name(ctx.ref.name), 0
@@ -505,6 +550,53 @@ async def _advance(
         kind = "Normal" if status.phase is BatchPhase.SUCCEEDED else "Warning"
         ctx.events.append((kind, status.phase.value, status.message))
     return Outcome(status, ctx.events)
+
+
+async def _previous_attempts_gone(ctx: _Batch, prefect: PrefectBatch, action: SubmitRuns) -> bool:
+    """Whether every retried run's previous attempt is stopped for good: its Job (and so its
+    pod) deleted and confirmed gone, so two attempts of a run never overlap."""
+    gone = True
+    for run in action.runs:
+        previous = prefect.attempt_flow_runs.get((action.experiment, run.index, run.attempt - 1))
+        if previous is not None:
+            gone &= await kube.delete_flow_run_jobs(ctx.kube_api, ctx.ref.namespace, str(previous))
+    return gone
+
+
+MAX_RUN_EVENTS = 10
+"""Failed runs that get an Event each; beyond that one Event per tick sums them up."""
+
+
+def failure_events(previous: BatchStatus, status: BatchStatus) -> list[Event]:
+    """Warning Events for runs that failed since ``previous`` (bounded: a batch with 1,000
+    failures posts at most :data:`MAX_RUN_EVENTS` + one per reconcile that saw new ones)."""
+    new = status.runs.failed - previous.runs.failed
+    if new <= 0:
+        return []
+    seen = {(f.experiment, f.run) for f in previous.failed_runs}
+    fresh = [f for f in status.failed_runs if (f.experiment, f.run) not in seen]
+    events: list[Event] = []
+    budget = max(0, MAX_RUN_EVENTS - previous.runs.failed)
+    for run in fresh[:budget]:
+        where = f" (stderr: {run.log})" if run.log else ""
+        events.append(
+            (
+                "Warning",
+                "RunFailed",
+                f"{run.experiment}/run{run.run} attempt {run.attempt} failed: {run.reason}{where}",
+            )
+        )
+    rest = new - len(events)
+    if rest > 0:
+        events.append(
+            (
+                "Warning",
+                "RunsFailed",
+                f"{rest} more run(s) failed ({status.runs.failed} in all); "
+                "`kubectl describe` lists the first ones with their reasons",
+            )
+        )
+    return events
 
 
 async def finalize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -76,6 +77,16 @@ def run_local(
     )
 
 
+def start_local(batch: Path, root: Path, api_url: str | None, *extra: str) -> subprocess.Popen[str]:
+    """Local mode in the background (to interrupt or hurt it), its output in one pipe."""
+    return subprocess.Popen(
+        local_cmd(batch, root, api_url, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 @dataclass(frozen=True)
 class Event:
     kind: str
@@ -121,3 +132,48 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
 def status(batch_root: Path) -> dict[str, Any]:
     """The status.json local mode keeps."""
     return json.loads((batch_root / "scratch/sierra-operator/status.json").read_text())
+
+
+def assert_only_sierra_outputs(batch_root: Path) -> None:
+    """What SIERRA's stage 3 checks: every entry of exp-outputs/<exp>/ is one of its
+    `<template>_run<k>_output` directories, and nothing of ours is under exp-inputs/."""
+    outputs = sorted((batch_root / "exp-outputs").iterdir())
+    assert outputs, "runs wrote their outputs"
+    for exp in outputs:
+        for entry in exp.iterdir():
+            assert entry.is_dir() and re.fullmatch(r".+_run\d+_output", entry.name), entry
+    for entry in (batch_root / "exp-inputs").rglob("*"):
+        assert "sierra-operator" not in entry.name and entry.name != "attempts", entry
+
+
+def check_invariants(batch_root: Path, runs: int) -> dict:
+    """The invariants every fault must keep, from what the probes recorded; returns counts.
+
+    Each attempt of a run executed at most once; no two attempts of a run overlapped (checked
+    by each probe at its start: overlaps.log); every one of ``runs`` runs succeeded exactly
+    once; no run lost.
+    """
+    evs = events(batch_root)
+    starts: dict[tuple[str, int, int], int] = {}
+    for e in evs:
+        if e.kind == "start":
+            starts[(e.experiment, e.run, e.attempt)] = (
+                starts.get((e.experiment, e.run, e.attempt), 0) + 1
+            )
+    twice = {k: n for k, n in starts.items() if n > 1}
+    assert not twice, f"attempts executed more than once: {twice}"
+    overlaps = batch_root / "overlaps.log"
+    assert not overlaps.exists(), overlaps.read_text()
+    successes: dict[tuple[str, int], int] = {}
+    for e in evs:
+        if e.kind == "end" and e.code == 0:
+            successes[(e.experiment, e.run)] = successes.get((e.experiment, e.run), 0) + 1
+    assert len(successes) == runs, f"runs lost: {runs - len(successes)} of {runs} never succeeded"
+    assert set(successes.values()) == {1}, f"runs that succeeded twice: {successes}"
+    return {
+        "runs": runs,
+        "attempts started": len(starts),
+        "attempts executed twice": 0,
+        "overlaps": 0,
+        "runs retried": len({(e, r) for (e, r, a) in starts if a > 1}),
+    }

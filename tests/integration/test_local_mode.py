@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import (
+    assert_only_sierra_outputs,
     events,
     intervals,
     local_cmd,
     max_overlap,
     probe,
     run_local,
+    start_local,
     status,
     write_batch,
 )
@@ -105,6 +107,14 @@ def test_failing_run_stop_batch(tmp_path, prefect_api_url):
     assert "c1-exp0/run1" in st["message"]
     stderr = (broot / "scratch/sierra-operator/c1-exp0/run1.stderr").read_text()
     assert "probe failing on purpose" in stderr
+    # The reason is where a user looks first: the summary and status.json, not only a file.
+    assert "c1-exp0/run1 (attempt 2): exited 3; stderr ends: probe failing on purpose [full" in (
+        proc.stdout
+    )
+    (failed,) = st["failedRuns"]
+    assert failed["reason"] == "exited 3; stderr ends: probe failing on purpose"
+    assert failed["attempt"] == 2
+    assert failed["log"] == str(broot / "scratch/sierra-operator/c1-exp0/run1.stderr")
     assert "probe failing on purpose" in _prefect_logs(prefect_api_url), "stderr in Prefect logs"
 
 
@@ -148,12 +158,7 @@ def test_interrupt_then_resume_reruns_nothing_that_succeeded(tmp_path, prefect_a
     )
     root = tmp_path / "root"
     broot = root / "resumer"
-    proc = subprocess.Popen(
-        local_cmd(batch, root, prefect_api_url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_local(batch, root, prefect_api_url)
     try:
         _wait_for(
             lambda: any(e.kind == "start" and e.experiment == "c1-exp1" for e in events(broot)),
@@ -236,3 +241,28 @@ def test_bundled_example_with_its_own_server(tmp_path):
     assert not (tmp_path / "home" / ".prefect").exists(), "the user's Prefect profile is untouched"
     home = proc.stdout.split("PREFECT_HOME=")[1].split(")")[0]
     assert not Path(home).exists(), "the private PREFECT_HOME is removed"
+
+
+def test_sierra_batch_leaves_only_what_sierra_expects(tmp_path, prefect_api_url):
+    """A SIERRA stage-1 layout (exp-inputs/<exp>/commands.txt): runs get no directory of
+    ours under exp-outputs/ (SIERRA's stage 3 rejects any entry it did not expect), and
+    --resume still trusts the records under scratch/."""
+    root = tmp_path / "root"
+    batch_dir = root / "proj" / "batch"
+    for exp in ("c1-exp0", "c1-exp1"):
+        (batch_dir / "exp-inputs" / exp).mkdir(parents=True)
+        (batch_dir / "exp-inputs" / exp / "commands.txt").write_text(
+            "\n".join([probe(0.1)] * 2) + "\n"
+        )
+    batch = tmp_path / "sierra.yaml"
+    batch.write_text(
+        "apiVersion: sierra.research.io/v1alpha1\nkind: SierraBatch\n"
+        "metadata: {name: sierra}\nspec:\n  commandsFile: proj/batch\n"
+    )
+    proc = run_local(batch, root, prefect_api_url)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_only_sierra_outputs(batch_dir)
+    assert len(intervals(events(batch_dir))) == 4
+    again = run_local(batch, root, prefect_api_url, "--resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(intervals(events(batch_dir))) == 4, "--resume re-ran nothing"

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,33 +29,21 @@ from tests.integration.cluster import (
     audit,
     batch_doc,
     dump,
-    start_kube_api,
     wait_for,
     worker_user,
 )
-from tests.integration.helpers import events, intervals, max_overlap, probe
+from tests.integration.helpers import (
+    assert_only_sierra_outputs,
+    events,
+    intervals,
+    max_overlap,
+    probe,
+)
 from tests.job_runner import JobRunner
 
 pytestmark = pytest.mark.integration
 
 NAMESPACES = ["lab-a", "lab-b", "lab-c"]
-
-
-@pytest.fixture(scope="module")
-def tmp_module() -> Iterator[Path]:
-    # /tmp/… keeps the mount paths short and the same "inside" Jobs and outside.
-    path = Path(tempfile.mkdtemp(prefix="sierra-op-test-"))
-    yield path
-    if not os.environ.get("SIERRA_TEST_KEEP"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def kube(tmp_module: Path) -> Iterator[KubeAPI]:
-    api = start_kube_api(tmp_module, NAMESPACES)
-    yield api
-    api.proc.kill()
-    api.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +63,6 @@ def operator(
     op = Operator(kube, prefect_api_url, tmp_module / "operator.log", docker_host=docker_host)
     yield op.start()
     op.stop()
-
-
-@pytest.fixture()
-def workers(kube: KubeAPI, tmp_module: Path) -> Iterator[Workers]:
-    w = Workers(kube, tmp_module / "workers")
-    yield w
-    w.stop()
 
 
 def pool_exists(api_url: str, name: str) -> bool:
@@ -272,17 +251,30 @@ def test_delete_mid_batch_cancels_runs_keeps_data(
 
 
 def test_suspend_starts_nothing_until_resumed(kube, jobs, operator, workers, tmp_module):
+    """Nothing runs while suspended and the worker Deployment is scaled to 0 (no worker pod
+    polls Prefect for nothing); resuming scales it back to spec.execution.workers."""
     mount = tmp_module / "root-suspend"
-    doc = batch_doc("sleeper", mount, [[probe(0.3)] * 2, [probe(0.3)]], parallelism=2)
+    doc = batch_doc("sleeper", mount, [[probe(0.3)] * 2, [probe(0.3)]], parallelism=2, workers=2)
     doc["spec"]["suspend"] = True
     kube.create_batch("lab-a", doc)
     workers.start_from_deployment("lab-a", "sleeper-worker")
+
+    def replicas() -> int | None:
+        dep = kube.get("/apis/apps/v1/namespaces/lab-a/deployments/sleeper-worker") or {}
+        return (dep.get("spec") or {}).get("replicas")
+
     wait_for(lambda: kube.phase("lab-a", "sleeper") == "Suspended", 60, "Suspended")
+    wait_for(lambda: replicas() == 0, 30, "workers scaled to 0 while Suspended")
     time.sleep(5)
     assert events(mount / "sleeper") == [], "nothing runs while suspended"
+    assert replicas() == 0
     kube.patch_batch("lab-a", "sleeper", {"spec": {"suspend": False}})
+    wait_for(lambda: replicas() == 2, 60, "workers scaled back to execution.workers on resume")
     wait_for(lambda: kube.phase("lab-a", "sleeper") == "Succeeded", 240, "sleeper to succeed")
     assert len(intervals(events(mount / "sleeper"))) == 3
+    assert replicas() == 0, "and to 0 again at the end"
+    kube.delete_batch("lab-a", "sleeper")  # its Prefect pool too: the test can run again
+    wait_for(lambda: kube.batch("lab-a", "sleeper") is None, 60, "sleeper deleted")
 
 
 def test_failing_run_is_retried_then_stops_the_batch(kube, jobs, operator, workers, tmp_module):
@@ -487,6 +479,7 @@ def test_commands_file_is_planned_in_a_pod_then_run(kube, jobs, operator, worker
     assert conditions(obj)["Planned"] == "True"
     spans = intervals(events(batch_dir))
     assert len(spans) == 3, "outputs under SIERRA's batch root, each run once"
+    assert_only_sierra_outputs(batch_dir)
 
     wait_for(lambda: kube.phase("lab-b", "nofile") == "Failed", 240, "nofile to fail planning")
     planned = kube.condition("lab-b", "nofile", "Planned")
@@ -544,3 +537,135 @@ def test_rbac_allows_every_call_the_operator_and_workers_make(
     assert {e["namespace"] for e in log if e["user"] == worker} == {"lab-c"}, (
         "the worker's Role is namespaced: every call in its own namespace"
     )
+
+
+def test_finished_invalid_and_suspended_batches_cost_no_requests(
+    kube, jobs, operator, workers, tmp_module
+):
+    """Issue 9 (measured on a real API server: every batch PATCHed its status every second,
+    forever). Over >= 10 reconcile intervals, once settled:
+
+    - a finished batch and an idle suspended one make no Kubernetes request at all (no status
+      PATCH, no kopf annotation, no Event, no child read) and are not reconciled (no `tick` in
+      the operator log, so no Prefect request: reconcile is what calls a batch's Prefect API);
+    - a batch that failed validation is still reconciled every interval (so fixing its spec is
+      seen) but, its status being unchanged, writes nothing.
+
+    The emulator stores a merge patch as the API server does (null deletes the key), so a
+    status compared with nulls in it, as before, would PATCH on every tick here. The operator
+    is restarted as `kopf run` (its log names the object of each handler call), which also
+    shows that a restarted operator leaves finished and suspended batches alone.
+    """
+    ns = "lab-b"
+    # Unique names: the session's Prefect server may keep pools of an earlier run of this test.
+    done, idle, bad = batches = tuple(f"quiet-{k}-{secrets.token_hex(2)}" for k in "dib")
+    docs = {b: batch_doc(b, tmp_module / f"root-{b}", [[probe(0.1)]]) for b in batches}
+    docs[idle]["spec"]["suspend"] = True
+    docs[bad]["spec"]["execution"]["parallelism"] = 0
+    for doc in docs.values():
+        kube.create_batch(ns, doc)
+    try:
+        _measure_quiet_batches(kube, operator, workers, tmp_module, ns, done, idle, bad)
+    finally:  # the operator deletes their Prefect pools
+        for b in batches:
+            kube.delete_batch(ns, b)
+        for b in batches:
+            wait_for(lambda b=b: kube.batch(ns, b) is None, 60, f"{b} deleted")
+
+
+def _measure_quiet_batches(
+    kube: KubeAPI,
+    operator: Operator,
+    workers: Workers,
+    tmp_module: Path,
+    ns: str,
+    done: str,
+    idle: str,
+    bad: str,
+) -> None:
+    batches = (done, idle, bad)
+    workers.start_from_deployment(ns, f"{done}-worker")
+    wait_for(lambda: kube.phase(ns, done) == "Succeeded", 240, f"{done} to succeed")
+    wait_for(lambda: kube.phase(ns, idle) == "Suspended", 60, f"{idle} Suspended")
+    wait_for(lambda: kube.phase(ns, bad) == "Failed", 60, f"{bad} Failed")
+
+    def about(entry: dict) -> str | None:
+        """Which of these batches an audit entry is about (the batch, a child, or an Event)."""
+        if entry["user"] != OPERATOR_USER or entry["namespace"] != ns:
+            return None
+        name = entry.get("name") or entry.get("involvedObject") or ""
+        return next((b for b in batches if name == b or name.startswith(b + "-")), None)
+
+    def theirs(since: int) -> list[dict]:
+        return [e for e in audit(tmp_module)[since:] if about(e)]
+
+    def log_since(offset: int) -> str:
+        with operator.log.open() as log:
+            log.seek(offset)
+            return log.read()
+
+    def ticks(text: str) -> dict[str, int]:
+        lines = [line for line in text.splitlines() if "Timer 'tick'" in line]
+        return {b: sum(f"[{ns}/{b}]" in line for line in lines) for b in batches}
+
+    def quiet_window() -> tuple[list[dict], str]:
+        """Once settled (three intervals in a row without a request about them: kopf stops a
+        timer on the watch event of the status write that made its filter false), what they
+        cost over 12 intervals: Kubernetes requests about them, and the operator's log."""
+        deadline = time.monotonic() + 60
+        while True:
+            mark = len(audit(tmp_module))
+            time.sleep(3 * interval)
+            if not theirs(mark):
+                break
+            assert time.monotonic() < deadline, f"still making requests: {dump(theirs(mark))}"
+        log_from, mark = operator.log.stat().st_size, len(audit(tmp_module))
+        time.sleep(window)
+        return theirs(mark), log_since(log_from)
+
+    interval = operator.reconcile_seconds
+    window = 12 * interval
+    status_writes = {
+        b: sum(
+            e["resource"] == "sierrabatches/status" and e["verb"] == "patch"
+            for e in theirs(0)
+            if about(e) == b
+        )
+        for b in batches
+    }
+    during, text = quiet_window()
+    print(
+        f"\nover {window:.0f}s ({window / interval:.0f} reconcile intervals) after settling: "
+        f"{len(during)} Kubernetes requests about these batches; Prefect API requests by the "
+        f"operator in all (any batch): {text.count('HTTP Request:')}; status PATCHes per batch "
+        f"before, over their whole life: {status_writes}"
+    )
+    assert during == [], f"a finished, invalid or suspended batch made requests: {dump(during)}"
+    assert status_writes[bad] <= 2, "the invalid batch's unchanged status is not written again"
+
+    operator.kill()
+    restarted = operator.log.stat().st_size
+    operator.start(via_kopf=True)
+    wait_for(lambda: ticks(log_since(restarted))[bad], 120, "the restarted operator")
+    during, text = quiet_window()
+    counted = ticks(text)
+    print(
+        f"restarted as `kopf run`, over {window:.0f}s: {len(during)} Kubernetes requests about "
+        f"these batches; Prefect API requests by the operator in all (any batch): "
+        f"{text.count('HTTP Request:')}; tick runs per batch: {counted}"
+    )
+    assert during == [], f"a finished, invalid or suspended batch made requests: {dump(during)}"
+    assert counted[done] == 0 and counted[idle] == 0, "reconciled at rest"
+    assert counted[bad] >= 5, "the invalid batch is still reconciled (a fix is seen)"
+
+    # A spec change wakes them: the invalid batch, fixed, is validated and goes on; the
+    # finished one records the generation it saw and stays finished (and then at rest again).
+    kube.patch_batch(ns, bad, {"spec": {"execution": {"parallelism": 1}}})
+    wait_for(lambda: kube.condition(ns, bad, "Valid").get("status") == "True", 60, "the fix")
+    kube.patch_batch(ns, done, {"spec": {"execution": {"retries": 2}}})
+    wait_for(
+        lambda: (kube.batch(ns, done) or {}).get("status", {}).get("observedGeneration") == 2,
+        60,
+        "the finished batch to see its new spec",
+    )
+    assert kube.phase(ns, done) == "Succeeded"

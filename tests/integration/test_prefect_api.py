@@ -37,3 +37,61 @@ def test_planning_works_for_a_batch_provisioned_without_it(prefect_api_url: str)
     state, first, again = asyncio.run(scenario())
     assert state == "pending", "no worker here: the planning flow run waits"
     assert first == again, "idempotent: one planning flow run per key"
+
+
+def test_observations_on_the_real_server_never_fail_a_completed_run(
+    prefect_api_url: str, tmp_path
+) -> None:
+    """Task run states reach Prefect's database after their flow run's (through events): a
+    wave read COMPLETED with no task run yet is succeeded, not failed; a crashed flow run of
+    one run reports the server's message as the reason; only settled observations are kept
+    (a run read RUNNING is read again and then seen to end)."""
+    from prefect.states import Completed, Crashed, Running
+
+    from sierra_operator import ledger
+    from sierra_operator.machine import RunAttempt, RunPhase, SubmitRuns
+
+    batch = PrefectBatch(
+        prefect_api_url,
+        f"b{uuid.uuid4().hex[:8]}",
+        f"p-{uuid.uuid4().hex[:8]}",
+        "q",
+        read_records=True,
+    )
+    root = str(tmp_path)
+    params = {"batch_id": batch.batch_id, "batch_root": root, "workdir": root, "parallelism": 2}
+
+    async def scenario() -> list[dict]:
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(root)
+        wave = await batch.submit(
+            SubmitRuns("e0", 0, (RunAttempt(0, "true", 1), RunAttempt(1, "true", 1))), params
+        )
+        (single,) = await batch.submit_each(SubmitRuns("e1", 1, (RunAttempt(0, "x", 1),)), params)
+        seen = []
+        async with batch.client() as client:
+            await client.set_flow_run_state(wave, Running(), force=True)
+            await client.set_flow_run_state(single, Running(), force=True)
+            seen.append(await batch.observe())
+            await client.set_flow_run_state(wave, Completed(), force=True)
+            await client.set_flow_run_state(
+                single,
+                Crashed(message="Unable to create Kubernetes job: quantities must match"),
+                force=True,
+            )
+            seen.append(await batch.observe())
+        await batch.cleanup()
+        return seen
+
+    running, final = asyncio.run(scenario())
+    assert {k: o.phase for k, o in running.items()} == {
+        ("e0", 0): RunPhase.PENDING,
+        ("e0", 1): RunPhase.PENDING,
+        ("e1", 0): RunPhase.RUNNING,
+    }, "no task run yet in a running wave: not started; the single run: its flow run's state"
+    assert final[("e0", 0)].phase is RunPhase.SUCCEEDED
+    assert final[("e0", 1)].phase is RunPhase.SUCCEEDED
+    crashed = final[("e1", 0)]
+    assert crashed.phase is RunPhase.FAILED
+    assert crashed.reason == "Unable to create Kubernetes job: quantities must match"
+    assert crashed.log == str(ledger.run_paths(tmp_path, "e1", 0)[1])

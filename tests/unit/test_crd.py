@@ -66,11 +66,31 @@ VALID = {
     "storage": with_spec(
         sierraRoot={
             "mountPath": "/data",
-            "claimName": "shared",
+            "size": "20Gi",
+            "storageClassName": "nfs",
             "accessModes": ["ReadWriteOnce"],
             "deleteWithBatch": True,
         }
     ),
+    "adopted claim": with_spec(
+        sierraRoot={"mountPath": "/data", "claimName": "shared", "deleteWithBatch": True}
+    ),
+    "adopted claim, null storage class": with_spec(
+        sierraRoot={"claimName": "shared", "storageClassName": None}
+    ),
+    "quantities": with_spec(
+        sierraRoot={"size": "1.5Gi"},
+        execution={
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": "1"},
+                "limits": {"cpu": "2", "memory": "1.5G", "ephemeral-storage": "1e9"},
+            }
+        },
+    ),
+    "commands file with dots": with_spec(
+        experiments=DELETE, commandsFile="./proj/v1..2/..hidden/batch/commands.txt"
+    ),
+    "commands file is sierra-root": with_spec(experiments=DELETE, commandsFile="."),
     "prefect": with_spec(
         prefect={
             "apiUrl": "http://prefect:4200/api",
@@ -123,6 +143,59 @@ INVALID = {
         "spec.experiments[0].runs[0].command",
     ),
     "string for int": (with_spec(execution={"retries": "two"}), "spec.execution.retries"),
+    "cpu not a quantity": (
+        with_spec(execution={"resources": {"requests": {"cpu": "banana"}}}),
+        "spec.execution.resources.requests.cpu: 'banana' is not a Kubernetes quantity; "
+        'use e.g. "500m" or "2" for cpu, "1Gi" for memory',
+    ),
+    "memory limit with a space": (
+        with_spec(execution={"resources": {"limits": {"memory": "1 Gi"}}}),
+        "spec.execution.resources.limits.memory: '1 Gi' is not a Kubernetes quantity",
+    ),
+    "memory limit in GB": (
+        with_spec(execution={"resources": {"limits": {"memory": "2GB"}}}),
+        "spec.execution.resources.limits.memory: '2GB' is not a Kubernetes quantity",
+    ),
+    "size not a quantity": (
+        with_spec(sierraRoot={"size": "ten gigs"}),
+        "spec.sierraRoot.size: 'ten gigs' is not a Kubernetes quantity; use e.g. \"10Gi\"",
+    ),
+    "claim with size": (
+        with_spec(sierraRoot={"claimName": "shared", "size": "10Gi"}),
+        "spec.sierraRoot.size: not allowed with spec.sierraRoot.claimName (an existing PVC is "
+        "adopted as it is); remove one of them",
+    ),
+    "claim with storage class": (
+        with_spec(sierraRoot={"claimName": "shared", "storageClassName": "nfs"}),
+        "spec.sierraRoot.storageClassName: not allowed with spec.sierraRoot.claimName",
+    ),
+    "claim with access modes": (
+        with_spec(sierraRoot={"claimName": "shared", "accessModes": ["ReadWriteMany"]}),
+        "spec.sierraRoot.accessModes: not allowed with spec.sierraRoot.claimName",
+    ),
+    "commands file climbs out": (
+        with_spec(experiments=DELETE, commandsFile="../../etc/passwd"),
+        "spec.commandsFile: '../../etc/passwd' leaves sierra-root; give a path relative to "
+        "spec.sierraRoot.mountPath, e.g. proj/ctrl/scn/batch/commands.txt",
+    ),
+    "commands file climbs out midway": (
+        with_spec(experiments=DELETE, commandsFile="proj/../../etc/passwd"),
+        "spec.commandsFile: 'proj/../../etc/passwd' leaves sierra-root",
+    ),
+    "commands file with a '..' that stays": (
+        with_spec(experiments=DELETE, commandsFile="proj/../proj/batch/commands.txt"),
+        "spec.commandsFile: 'proj/../proj/batch/commands.txt' has a '..' segment",
+    ),
+    "absolute commands file": (
+        with_spec(experiments=DELETE, commandsFile="/etc/passwd"),
+        "spec.commandsFile: '/etc/passwd' is absolute; give a path relative to "
+        "spec.sierraRoot.mountPath",
+    ),
+    "absolute commands file under the mount": (
+        with_spec(experiments=DELETE, commandsFile="/sierra-root/proj/batch/commands.txt"),
+        "spec.commandsFile: '/sierra-root/proj/batch/commands.txt' is absolute; give it "
+        "relative to spec.sierraRoot.mountPath (/sierra-root): proj/batch/commands.txt",
+    ),
 }
 
 
@@ -184,6 +257,54 @@ def test_model_and_crd_reject_the_same_invalid_documents(name: str):
     with pytest.raises(SpecError) as err:
         parse_batch(doc)
     assert expected in str(err.value)
+
+
+# Rules both sides word themselves (issue 9): the API server's error names the same field.
+FIELD_NAMED_BY_BOTH = [
+    "cpu not a quantity",
+    "memory limit with a space",
+    "memory limit in GB",
+    "size not a quantity",
+    "claim with size",
+    "claim with storage class",
+    "claim with access modes",
+    "commands file climbs out",
+    "commands file climbs out midway",
+    "commands file with a '..' that stays",
+    "absolute commands file",
+    "absolute commands file under the mount",
+]
+
+
+@pytest.mark.parametrize("name", FIELD_NAMED_BY_BOTH)
+def test_crd_error_names_the_same_field(name: str):
+    doc, expected = INVALID[name]
+    field = expected.split(":")[0]
+    assert any(field in error for error in crd_errors(doc)), crd_errors(doc)
+
+
+def test_claim_settings_have_no_default_in_the_crd():
+    """The API server defaults before it runs CEL rules: a default here would make every
+    adopted claim conflict with it."""
+    root = spec_schema()["properties"]["spec"]["properties"]["sierraRoot"]["properties"]
+    for field in ("size", "storageClassName", "accessModes"):
+        assert "default" not in root[field], field
+
+
+def test_created_claim_still_gets_the_model_defaults():
+    spec = parse_batch(with_spec(sierraRoot={})).spec.sierra_root
+    assert (spec.size, spec.access_modes) == ("10Gi", ["ReadWriteMany"])
+
+
+def test_every_conflicting_claim_setting_is_named():
+    doc = with_spec(
+        sierraRoot={"claimName": "shared", "size": "1Gi", "accessModes": ["ReadWriteOnce"]}
+    )
+    assert len(crd_errors(doc)) == 2
+    with pytest.raises(SpecError) as err:
+        parse_batch(doc)
+    assert "spec.sierraRoot.size: not allowed" in str(err.value)
+    assert "spec.sierraRoot.accessModes: not allowed" in str(err.value)
 
 
 def test_examples_are_valid_for_both(tmp_path: Path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sierra_operator.loader import load_plan
+from sierra_operator.loader import load_plan, plan_from_commands_file
 from sierra_operator.model import SpecError, parse_batch
 from sierra_operator.plan import (
     PlanError,
@@ -104,7 +104,7 @@ def test_loader_reads_per_experiment_layout_from_a_batch_root(tmp_path: Path):
         d = tmp_path / "b" / "exp-inputs" / exp
         d.mkdir(parents=True)
         (d / "commands.txt").write_text("\n".join(line(exp, k) for k in range(n)))
-    plan, root = load_plan(_batch(commandsFile=str(tmp_path / "b")), tmp_path)
+    plan, root = load_plan(_batch(commandsFile="b"), tmp_path)
     assert root == tmp_path / "b"
     assert [(e.name, len(e.runs)) for e in plan.experiments] == [
         ("c1-exp0", 2),
@@ -118,6 +118,40 @@ def test_loader_missing_commands_file_names_field_and_fix(tmp_path: Path):
         SpecError, match=r"spec.commandsFile: .*missing.txt does not exist; run SIERRA stage 1"
     ):
         load_plan(_batch(commandsFile="missing.txt"), tmp_path)
+
+
+def test_loader_refuses_paths_that_leave_sierra_root(tmp_path: Path):
+    """The planning flow gets the raw string: '..' and absolute paths are refused there too,
+    even when the file exists (in the pod, /sierra-root/../../etc/passwd does)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text(line("c1-exp0", 0))
+    for given in ("../secret.txt", str(secret)):
+        with pytest.raises(SpecError, match=r"spec.commandsFile: .* leaves sierra-root") as err:
+            plan_from_commands_file(root, given)
+        assert "give a path relative to spec.sierraRoot.mountPath" in str(err.value)
+
+
+def test_loader_refuses_a_symlink_out_of_sierra_root(tmp_path: Path):
+    outside = tmp_path / "outside" / "exp-inputs" / "c1-exp0"
+    outside.mkdir(parents=True)
+    (outside / "commands.txt").write_text(line("c1-exp0", 0))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "batch").symlink_to(tmp_path / "outside")
+    with pytest.raises(SpecError, match=r"'batch' leaves sierra-root \(it resolves to .*outside"):
+        load_plan(_batch(commandsFile="batch"), root)
+
+
+def test_loader_follows_symlinks_that_stay_under_sierra_root(tmp_path: Path):
+    batch_root = tmp_path / "proj" / "v1"
+    batch_root.mkdir(parents=True)
+    (batch_root / "commands.txt").write_text(line("c1-exp0", 0))
+    (tmp_path / "proj" / "latest").symlink_to(batch_root)
+    plan, root = load_plan(_batch(commandsFile="proj/latest/commands.txt"), tmp_path)
+    assert root == tmp_path / "proj" / "latest", "the path as given: SIERRA's commands name it"
+    assert plan.total_runs == 1
 
 
 def test_inline_plan_keeps_user_order(tmp_path: Path):
@@ -152,3 +186,9 @@ def test_plan_key_is_kept_for_the_same_file_and_new_for_another():
     assert plan_key("proj/batch", 7, previous=first) == first, "spec changes keep the plan"
     assert plan_key("proj/other", 7, previous=first) != first
     assert plan_key("proj/batch", 7) != first, "after a failure (no previous): plan again"
+
+
+def test_loader_names_a_symlink_loop(tmp_path: Path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(SpecError, match=r"spec.commandsFile: 'loop/commands.txt' cannot be"):
+        load_plan(_batch(commandsFile="loop/commands.txt"), tmp_path)

@@ -1,4 +1,5 @@
-"""Reconcile decisions that need no cluster: missing Prefect URL, bad specs, status round trip."""
+"""Reconcile decisions that need no cluster: missing Prefect URL, bad specs, status round trip,
+which batches need no reconcile at all."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from sierra_operator.idle import needs_reconcile
 from sierra_operator.model import BatchPhase, BatchStatus, Condition, parse_batch
-from sierra_operator.reconciler import batch_prefect, read_status, reconcile, status_patch
+from sierra_operator.reconciler import batch_prefect, read_status, reconcile, status_document
 from sierra_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -47,7 +49,7 @@ def test_no_prefect_url_is_a_condition_not_a_crash():
 def test_same_condition_again_posts_no_second_event():
     first = run(body())
     again = body()
-    again["status"] = status_patch(first.status)
+    again["status"] = status_document(first.status)
     assert run(again).events == []
 
 
@@ -69,7 +71,7 @@ def test_sierra_stage_one_is_refused_clearly_for_now():
 
 def test_status_round_trip_ignores_unknown_fields():
     st = BatchStatus(phase=BatchPhase.RUNNING, work_pool="p")
-    raw = {**status_patch(st), "kopf": {"progress": {}}}
+    raw = {**status_document(st), "kopf": {"progress": {}}}
     assert read_status(raw) == st
 
 
@@ -103,7 +105,7 @@ def test_api_key_and_docker_host_settings_never_show_the_key():
 def test_fixed_spec_recovers_from_a_validation_failure():
     failed = run(body(execution={"retries": -1}))
     fixed = body()
-    fixed["status"] = status_patch(failed.status)
+    fixed["status"] = status_document(failed.status)
     out = run(fixed)
     assert out.status.phase is BatchPhase.PENDING, "not stuck in Failed"
     valid = {c.type: c for c in out.status.conditions}["Valid"]
@@ -115,6 +117,118 @@ def test_completed_batch_is_left_alone():
         update={"conditions": [Condition(type="Complete", status="True", reason="Succeeded")]}
     )
     b = body()
-    b["status"] = status_patch(done)
+    b["status"] = status_document(done)
     out = run(b)  # no Prefect URL, no Kubernetes: it must not need them
     assert out.status.phase is BatchPhase.SUCCEEDED and out.events == []
+
+
+def test_finished_batch_seeing_a_new_spec_records_it_and_stays_finished():
+    done = BatchStatus(phase=BatchPhase.SUCCEEDED, observed_generation=2).model_copy(
+        update={"conditions": [Condition(type="Complete", status="True", reason="Succeeded")]}
+    )
+    b = body()  # generation 3
+    b["status"] = status_document(done)
+    assert needs_reconcile(b), "a new generation is looked at once"
+    out = run(b)
+    assert out.status.phase is BatchPhase.SUCCEEDED and out.status.observed_generation == 3
+    b["status"] = status_document(out.status)
+    assert not needs_reconcile(b), "then the timer stops again"
+
+
+def stored(phase: BatchPhase, generation: int = 3, **conditions: str) -> dict:
+    """A batch (spec generation 3) whose stored status has ``phase`` and ``conditions``."""
+    status = BatchStatus(phase=phase, observed_generation=generation).model_copy(
+        update={
+            "conditions": [Condition(type=t, status=s, reason="R") for t, s in conditions.items()]
+        }
+    )
+    b = body()
+    b["status"] = status_document(status)
+    return b
+
+
+def suspended(spec_suspend: bool, generation: int = 3) -> dict:
+    b = stored(BatchPhase.SUSPENDED, generation)
+    b["spec"]["suspend"] = spec_suspend
+    return b
+
+
+@pytest.mark.parametrize(
+    ("batch", "needs"),
+    [
+        (body(), True),  # new: no status yet
+        (stored(BatchPhase.PENDING), True),
+        (stored(BatchPhase.RUNNING, Complete="False"), True),
+        (stored(BatchPhase.SUCCEEDED, Complete="True"), False),
+        (stored(BatchPhase.FAILED, Complete="True"), False),
+        (stored(BatchPhase.SUCCEEDED, 2, Complete="True"), True),  # spec changed since
+        (stored(BatchPhase.FAILED, Valid="False"), True),  # bad spec: fixing it must be seen
+        (stored(BatchPhase.FAILED, Planned="False"), True),
+        (suspended(True), False),
+        (suspended(True, generation=2), True),
+        (suspended(False), True),  # resumed
+        (stored(BatchPhase.RUNNING), True),  # suspend asked, runs still active: not idle
+    ],
+    ids=[
+        "new",
+        "pending",
+        "running",
+        "succeeded",
+        "failed-complete",
+        "succeeded-new-spec",
+        "invalid",
+        "plan-failed",
+        "suspended",
+        "suspended-new-spec",
+        "resumed",
+        "suspending",
+    ],
+)
+def test_needs_reconcile(batch: dict, needs: bool) -> None:
+    assert needs_reconcile(batch) is needs
+
+
+def test_needs_reconcile_without_generation_ticks():
+    b = stored(BatchPhase.SUCCEEDED, Complete="True")
+    del b["metadata"]["generation"]
+    b["status"].pop("observedGeneration")
+    assert needs_reconcile(b)
+
+
+@pytest.mark.parametrize(
+    ("previous", "spec_suspend", "phase", "previous_generation", "scaled"),
+    [
+        (BatchPhase.RUNNING, True, BatchPhase.SUSPENDED, 3, [0]),  # became Suspended
+        (BatchPhase.PROVISIONING, True, BatchPhase.SUSPENDED, 3, [0]),  # suspended from the start
+        (BatchPhase.SUSPENDED, True, BatchPhase.SUSPENDED, 3, []),  # still: not every tick
+        (BatchPhase.SUSPENDED, True, BatchPhase.SUSPENDED, 2, [0]),  # spec changed: Deployment
+        (BatchPhase.SUSPENDED, False, BatchPhase.RUNNING, 2, [4]),  # resumed
+        (BatchPhase.RUNNING, True, BatchPhase.RUNNING, 3, []),  # suspending, runs still active
+        (BatchPhase.RUNNING, False, BatchPhase.RUNNING, 3, []),
+        (BatchPhase.SUSPENDED, False, BatchPhase.SUCCEEDED, 2, []),  # terminal: stays at 0
+    ],
+)
+def test_workers_scaled_on_suspend_transitions_only(
+    monkeypatch, previous, spec_suspend, phase, previous_generation, scaled
+):
+    from sierra_operator import kube, reconciler
+    from sierra_operator.manifests import BatchRef
+
+    calls: list[tuple[str, str, int]] = []
+
+    async def scale(api, namespace, name, replicas):
+        calls.append((namespace, name, replicas))
+
+    monkeypatch.setattr(kube, "scale_workers", scale)
+    b = body(suspend=spec_suspend, execution={"workers": 4})
+    ctx = reconciler._Batch(
+        parse_batch(b),
+        BatchRef("b", "ns", "u1"),
+        3,
+        BatchStatus(phase=previous, observed_generation=previous_generation),
+        OperatorSettings(),
+        None,  # type: ignore[arg-type]
+        NOW,
+    )
+    asyncio.run(reconciler._scale_for_suspend(ctx, BatchStatus(phase=phase)))
+    assert calls == [("ns", "b-worker", n) for n in scaled]
