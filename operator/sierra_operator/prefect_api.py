@@ -212,6 +212,11 @@ class PrefectBatch:
     deployment_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
+    # The last observations of every flow run of the batch, and which may still change.
+    _observed: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
+    _unsettled: set[UUID] = field(default_factory=set)
+    _listed: bool = False  # every flow run of the batch read once
+    flow_runs_read: int = 0  # flow runs read by observe() so far (what it costs Prefect)
     # Which flow run executes (experiment, run, attempt): to stop an attempt for good.
     attempt_flow_runs: dict[tuple[str, int, int], UUID] = field(default_factory=dict)
     # Local mode: the run records on sierra-root settle runs whose task state is not known yet.
@@ -416,7 +421,7 @@ class PrefectBatch:
         """Create the flow run of one wave; the idempotency key makes a repeat a no-op."""
         first_attempt = min(r.attempt for r in action.runs)
         async with self.client() as client:
-            return await self._create_run(
+            run_id = await self._create_run(
                 client,
                 action.experiment,
                 action.runs,
@@ -425,6 +430,8 @@ class PrefectBatch:
                 tags=[],
                 key=hashlib.sha256(f"{self.batch_id}/{action.wave_key}".encode()).hexdigest(),
             )
+        self._unsettled.add(run_id)
+        return run_id
 
     async def submit_each(self, action: SubmitRuns, parameters: dict[str, Any]) -> list[UUID]:
         """One flow run per run of the wave (cluster: each run is its own Job/pod).
@@ -433,7 +440,7 @@ class PrefectBatch:
         that re-decides the same wave creates nothing twice.
         """
         async with self.client() as client:
-            return [
+            ids = [
                 await self._create_run(
                     client,
                     action.experiment,
@@ -445,6 +452,8 @@ class PrefectBatch:
                 )
                 for run in action.runs
             ]
+        self._unsettled.update(ids)
+        return ids
 
     async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
         out: list[FlowRun] = []
@@ -472,13 +481,23 @@ class PrefectBatch:
     async def observe(self) -> dict[RunKey, RunObservation]:
         """Latest attempt of every submitted run of this batch, as Prefect reports it now.
 
-        Only observations that can no longer change are cached (a final flow run whose runs
-        are all settled); anything unknown is read again next time.
+        Reads every flow run of the batch once (a restarted driver knows nothing), then only
+        those not settled yet plus the ones it submitted since: O(active runs) per call, not
+        O(all runs). Only observations that can no longer change are settled (a final flow
+        run whose runs are all known); anything unknown is read again next time.
         """
         async with self.client() as client:
-            flow_runs = await self._flow_runs(
-                client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
-            )
+            if not self._listed:
+                flow_runs = await self._flow_runs(
+                    client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
+                )
+                self._listed = True
+            else:
+                ids = sorted(self._unsettled)
+                flow_runs = (
+                    await self._flow_runs(client, id=FlowRunFilterId(any_=ids)) if ids else []
+                )
+            self.flow_runs_read += len(flow_runs)
             live = [fr for fr in flow_runs if fr.id not in self._final]
             waves = [fr.id for fr in live if not _is_single_run(fr)]
             tasks = await self._task_runs(client, waves)
@@ -488,16 +507,19 @@ class PrefectBatch:
             if tr.flow_run_id is not None and index is not None:
                 by_flow.setdefault(tr.flow_run_id, {})[index] = tr
         lookup = ledger_lookup if self.read_records else None
-        current: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = {}
         for fr in live:
             observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup)
-            current[fr.id] = observations
+            self._observed[fr.id] = observations
             if settled:
                 self._final[fr.id] = observations
-        latest: dict[RunKey, tuple[int, RunObservation]] = {}
-        for fr in flow_runs:
-            for key, (attempt, obs) in (self._final.get(fr.id) or current.get(fr.id, {})).items():
+                self._unsettled.discard(fr.id)
+            else:
+                self._unsettled.add(fr.id)
+            for key, (attempt, _) in observations.items():
                 self.attempt_flow_runs[(*key, attempt)] = fr.id
+        latest: dict[RunKey, tuple[int, RunObservation]] = {}
+        for observations in self._observed.values():
+            for key, (attempt, obs) in observations.items():
                 if key not in latest or attempt > latest[key][0]:
                     latest[key] = (attempt, obs)
         return {key: obs for key, (_, obs) in latest.items()}

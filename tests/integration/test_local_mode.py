@@ -76,9 +76,14 @@ def _prefect_logs(api_url: str) -> str:
     from prefect.client.orchestration import PrefectClient
 
     async def read() -> str:
+        # Every log of the session's server (other tests' too), page by page.
+        messages: list[str] = []
         async with PrefectClient(api=api_url) as client:
-            logs = await client.read_logs(limit=200)
-            return "\n".join(log.message for log in logs)
+            while True:
+                page = await client.read_logs(limit=200, offset=len(messages))
+                messages += [log.message for log in page]
+                if len(page) < 200:
+                    return "\n".join(messages)
 
     return asyncio.run(read())
 

@@ -95,3 +95,45 @@ def test_observations_on_the_real_server_never_fail_a_completed_run(
     assert crashed.phase is RunPhase.FAILED
     assert crashed.reason == "Unable to create Kubernetes job: quantities must match"
     assert crashed.log == str(ledger.run_paths(tmp_path, "e1", 0)[1])
+
+
+def test_observe_reads_only_runs_that_may_still_change(prefect_api_url: str, tmp_path) -> None:
+    """After the first full read, observe() asks Prefect only for flow runs not settled yet
+    (and the ones submitted since): O(active runs) per tick, not O(all runs); a restarted
+    driver (a new PrefectBatch) reads everything once and sees the same."""
+    from prefect.states import Completed, Running
+
+    from sierra_operator.machine import RunAttempt, RunPhase, SubmitRuns
+
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
+    batch = PrefectBatch(*ids)
+    root = str(tmp_path)
+    params = {"batch_id": batch.batch_id, "batch_root": root, "workdir": root}
+    runs = tuple(RunAttempt(i, "true", 1) for i in range(10))
+
+    async def scenario() -> tuple[list[int], dict, dict]:
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(root)
+        created = await batch.submit_each(SubmitRuns("e0", 0, runs), params)
+        reads = []
+        async with batch.client() as client:
+            for run_id in created:
+                await client.set_flow_run_state(run_id, Running(), force=True)
+            await batch.observe()
+            reads.append(batch.flow_runs_read)
+            for run_id in created[:9]:
+                await client.set_flow_run_state(run_id, Completed(), force=True)
+            await batch.observe()
+            reads.append(batch.flow_runs_read - reads[-1])
+            seen = await batch.observe()
+            reads.append(batch.flow_runs_read - sum(reads))
+        again = PrefectBatch(*ids)
+        fresh = await again.observe()
+        await batch.cleanup()
+        return reads, seen, fresh
+
+    reads, seen, fresh = asyncio.run(scenario())
+    assert reads == [10, 10, 1], "all once, then only the unsettled ones"
+    assert sum(o.phase is RunPhase.SUCCEEDED for o in seen.values()) == 9
+    assert seen[("e0", 9)].phase is RunPhase.RUNNING
+    assert fresh == seen, "a restarted driver reads everything once and agrees"
