@@ -5,22 +5,59 @@ Stands in for a real kube-apiserver, which cannot run here: OpenAPI v3 checks th
 ``x-kubernetes-list-type: map`` keys and the CEL ``x-kubernetes-validations`` rules through
 ``cel-python``. Nulls are pruned and schema defaults applied first, as the API server does:
 a rule that a default makes fail (``claimName`` with a defaulted ``size``) fails here too.
+
+Also what the API server checks before the schema: ``apiVersion`` and ``kind`` name the
+resource, ``metadata`` is an ObjectMeta with a name (a DNS-1123 subdomain), and ``status``
+is dropped from what a user creates (the status subresource is enabled). Patterns are
+matched as Go's regexp does: ``$`` is the end of the text, not also before a final newline
+as in Python's ``re``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import re
 from typing import Any
 
 import celpy
 import jsonschema
 
 from sierra_operator.crd import render_crd
+from sierra_operator.model import API_VERSION, KIND
+
+INT64 = (-(2**63), 2**63 - 1)
+SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# ObjectMeta's fields and the JSON type the API server decodes each into.
+OBJECT_META: dict[str, type | tuple[type, ...] | None] = {
+    "name": str,
+    "generateName": str,
+    "namespace": str,
+    "selfLink": str,
+    "uid": str,
+    "resourceVersion": str,
+    "generation": int,
+    "creationTimestamp": None,
+    "deletionTimestamp": None,
+    "deletionGracePeriodSeconds": None,
+    "labels": dict,
+    "annotations": dict,
+    "ownerReferences": None,
+    "finalizers": None,
+    "managedFields": None,
+}
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
 
 
 def spec_schema() -> dict[str, Any]:
-    """The openAPIV3Schema of the served version."""
-    return render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    """The openAPIV3Schema of the served version (a copy: rendering it takes milliseconds,
+    so :func:`crd_errors` keeps one)."""
+    return copy.deepcopy(_schema())
 
 
 def _strict(node: Any) -> Any:
@@ -54,11 +91,24 @@ def _defaulted(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+# celpy raises Python's recursion limit when an Environment is made: once, at import, rather
+# than in the middle of a test (hypothesis warns when the limit changes under it).
+celpy.Environment()
+
+
+@functools.cache
+def _program(rule: str) -> Any:
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
 def _extensions(schema: dict[str, Any], value: Any, path: str, errors: list[str]) -> None:
     for rule in schema.get("x-kubernetes-validations", []):
-        env = celpy.Environment()
-        prog = env.program(env.compile(rule["rule"]))
-        if not prog.evaluate({"self": celpy.json_to_cel(value)}):
+        try:
+            ok = bool(_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)}))
+        except Exception:  # a rule that cannot be evaluated fails, as in the API server
+            ok = False
+        if not ok:
             errors.append(f"{path}: {rule['message']}")
     if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():
@@ -74,14 +124,74 @@ def _extensions(schema: dict[str, Any], value: Any, path: str, errors: list[str]
             _extensions(schema.get("items", {}), item, f"{path}[{i}]", errors)
 
 
+def _go_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """JSON Schema's ``pattern`` with Go's meaning of a final ``$``: the end of the text."""
+    if not isinstance(instance, str):
+        return
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    if not re.search(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _go_pattern})
+
+
+@functools.cache
+def _validator() -> Any:
+    return _Validator(_strict(_schema()))
+
+
+def _envelope_errors(document: Any) -> list[str]:
+    """What the API server refuses before it looks at the CRD's schema."""
+    if not isinstance(document, dict):
+        return ["(document): not an object"]
+    errors = []
+    if document.get("apiVersion") != API_VERSION:
+        errors.append(f"apiVersion: must be {API_VERSION}")
+    if document.get("kind") != KIND:
+        errors.append(f"kind: must be {KIND}")
+    meta = document.get("metadata")
+    if not isinstance(meta, dict):
+        return [*errors, "metadata: must be an object with a name"]
+    for key, value in meta.items():
+        if key not in OBJECT_META:
+            errors.append(f"metadata.{key}: unknown field")
+            continue
+        wanted = OBJECT_META[key]
+        if value is None or wanted is None:
+            continue
+        if wanted is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int) or isinstance(value, bool):
+                errors.append(f"metadata.{key}: must be an integer")
+            elif not INT64[0] <= value <= INT64[1]:
+                errors.append(f"metadata.{key}: out of int64 range")
+        elif wanted is dict:
+            if not isinstance(value, dict) or not all(
+                isinstance(v, str) for v in value.values() if v is not None
+            ):
+                errors.append(f"metadata.{key}: must be a map of strings")
+        elif not isinstance(value, wanted):
+            errors.append(f"metadata.{key}: must be a string")
+    name = meta.get("name")
+    if not isinstance(name, str) or len(name) > 253 or not SUBDOMAIN.fullmatch(name):
+        errors.append("metadata.name: required, a DNS-1123 subdomain")
+    return errors
+
+
 def crd_errors(document: dict[str, Any]) -> list[str]:
     """Every reason the API server would refuse ``document`` (empty: accepted)."""
-    schema = spec_schema()
+    errors = _envelope_errors(document)
+    if errors:
+        return errors
+    schema = _schema()
+    document = {k: v for k, v in document.items() if k != "status"}
     document = _defaulted(schema, document)
-    validator = jsonschema.Draft7Validator(_strict(schema))
     errors = [
         ".".join(str(p) for p in e.absolute_path) + ": " + e.message
-        for e in validator.iter_errors(document)
+        for e in _validator().iter_errors(document)
     ]
     if not errors:
         _extensions(schema, document, "", errors)

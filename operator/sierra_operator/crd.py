@@ -15,6 +15,8 @@ import yaml
 from sierra_operator.model import (
     GROUP,
     KIND,
+    NAME_MESSAGE,
+    NAME_RULE,
     VERSION,
     BatchStatus,
     SierraBatchSpec,
@@ -100,6 +102,11 @@ def open_api_schema() -> dict[str, Any]:
             "spec": spec,
             "status": status,
         },
+        # The batch name becomes the names of its claim, workers and labels: a name the API
+        # server takes but those cannot (dots, 64+ characters) is refused at apply time.
+        "x-kubernetes-validations": [
+            {"rule": NAME_RULE, "message": f"metadata.name: {NAME_MESSAGE}"},
+        ],
     }
 
 

@@ -224,7 +224,7 @@ class LocalRun:
                 if left:
                     self.console.print(f"{left} flow run(s) did not confirm cancellation")
             except Exception as exc:  # the server may be the thing that died
-                self.console.print(f"could not cancel flow runs: {exc}")
+                self.console.print(f"could not cancel flow runs: {exc}", markup=False)
         now = datetime.now(UTC)
         self.status = self.status.model_copy(
             update={
@@ -253,7 +253,9 @@ class LocalRun:
             try:
                 self._await(self.prefect.cleanup())
             except Exception as exc:
-                self.console.print(f"could not delete the work pool/deployment: {exc}")
+                self.console.print(
+                    f"could not delete the work pool/deployment: {exc}", markup=False
+                )
         if self.server is not None:
             self.server.stop()
         self._loop.close()

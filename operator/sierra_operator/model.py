@@ -9,14 +9,18 @@ Kubernetes camelCase names; Python code uses snake_case attributes.
 from __future__ import annotations
 
 import posixpath
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -41,6 +45,30 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)]
+# A shell command: not blank, and no control character but tab and newline (a NUL cannot even
+# be passed to exec; the others are invisible in an editor and change what the shell runs).
+# Only \xNN escapes: Go's regexp (the API server), Rust's (pydantic) and Python's all read them.
+COMMAND_PATTERN = r"^[\t\n ]*[^\x00-\x20\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+
+INT64_MAX = 2**63 - 1
+MAX_EXPERIMENTS = 1000
+"""Experiments in one batch: its status lists each (the CRD's maxItems for both)."""
+MAX_DEPTH = 64
+"""Nesting of a document: a batch needs 7 levels; deeper is a mistake or an attack."""
+MAX_VALUES = 100_000
+"""Values in a document, every use of a YAML alias counted: a realistic batch within etcd's
+1.5 MiB holds fewer (17,000 runs are about 53,000 values), an alias bomb billions; each
+value costs time in every reconcile, so a document of junk values is refused early."""
+MAX_PROBLEMS = 40
+"""Problems listed in one message (the rest are counted): enough to fix, bounded in size."""
+
+NAME_MESSAGE = (
+    "must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and "
+    "ending with a letter or digit (it names the batch's claim, workers and labels)"
+)
+# Checked at the root: the only place a CRD's rule can see metadata.name. Size first, so
+# the regular expression only ever runs on a short string.
+NAME_RULE = f"size(self.metadata.name) <= 63 && self.metadata.name.matches('{DNS1123_PATTERN}')"
 
 ONE_SOURCE_RULE = (
     "[has(self.experiments), has(self.commandsFile), has(self.sierra)].filter(x, x).size() == 1"
@@ -56,8 +84,12 @@ COMMANDS_FILE_FIX = (
     "give a path relative to spec.sierraRoot.mountPath, e.g. " + COMMANDS_FILE_EXAMPLE
 )
 # A CEL rule cannot normalise a path, and the CRD and the model must agree: so every '..'
-# segment is refused (SIERRA never writes one), not only those that climb out.
-COMMANDS_FILE_RULE = "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')"
+# segment is refused (SIERRA never writes one), not only those that climb out. String
+# functions, not a regular expression: '$' means different things to different engines.
+COMMANDS_FILE_RULE = (
+    "!self.startsWith('/') && self != '..' && !self.startsWith('../') "
+    "&& !self.endsWith('/..') && !self.contains('/../')"
+)
 COMMANDS_FILE_MESSAGE = (
     "spec.commandsFile: must stay under sierra-root (no leading '/', no '..' segments); "
     + COMMANDS_FILE_FIX
@@ -75,6 +107,24 @@ def _no_crd_default(schema: dict[str, Any]) -> None:
     it evaluates CEL rules, so a defaulted ``size`` would always conflict with
     ``claimName``. The model still applies the default (see its description)."""
     schema.pop("default", None)
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON has one number type: to the API server (and JSON Schema) 3.0 is the integer 3, so
+    the model takes it too. Anything else goes to the strict integer check as it is: True,
+    "3" and 3.5 are not integers there, nor here."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_JSON_INTEGER = BeforeValidator(_json_integer)
+JsonInt = Annotated[int, _JSON_INTEGER]
+"""An integer field of the CRD: ints and integral floats, never a bool or a string. Bounds
+of an optional or list item go inside, before it (``Annotated[int, Field(ge=1),
+_JSON_INTEGER]``): outside, pydantic cannot put them into the JSON schema."""
+Lax = Strict(False)
+"""For enums in strict models: their values come as strings, as in JSON."""
 
 
 def _spec_rule_error(message: str) -> PydanticCustomError:
@@ -95,7 +145,14 @@ class _Model(BaseModel):
     )
 
 
-class BuildSpec(_Model):
+class _SpecModel(_Model):
+    """What users write: types as strict as the CRD's, so a value the API server refuses
+    (True for an integer, "yes" or 1 for a boolean) is refused here too, not converted."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class BuildSpec(_SpecModel):
     """How to build the experiment image before any experiment runs."""
 
     context: str = Field(
@@ -113,7 +170,7 @@ class BuildSpec(_Model):
     target: str | None = Field(default=None, description="Multi-stage build target, if any.")
 
 
-class ImageSpec(_Model):
+class ImageSpec(_SpecModel):
     """The image every run pod uses; local mode ignores it."""
 
     repository: str = Field(
@@ -139,7 +196,7 @@ class ImageSpec(_Model):
 AccessMode = Literal["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"]
 
 
-class SierraRootSpec(_Model):
+class SierraRootSpec(_SpecModel):
     """The shared filesystem holding --sierra-root, mounted at the same path everywhere."""
 
     model_config = ConfigDict(
@@ -199,13 +256,17 @@ class SierraRootSpec(_Model):
         return value
 
 
-class RunSpec(_Model):
+class RunSpec(_SpecModel):
     """One experimental run: a shell command."""
 
-    command: str = Field(min_length=1, description="Shell command of this experimental run.")
+    command: str = Field(
+        pattern=COMMAND_PATTERN,
+        description="Shell command of this experimental run (not blank; no control "
+        "characters but tabs and line breaks).",
+    )
 
 
-class ExperimentSpec(_Model):
+class ExperimentSpec(_SpecModel):
     """One experiment: runs that execute in parallel, after the previous experiment."""
 
     name: str = Field(
@@ -217,7 +278,7 @@ class ExperimentSpec(_Model):
     )
 
 
-class SierraSpec(_Model):
+class SierraSpec(_SpecModel):
     """Run SIERRA itself in the image to generate the experiments (stage 1)."""
 
     args: list[str] = Field(
@@ -225,13 +286,13 @@ class SierraSpec(_Model):
         description="SIERRA command-line arguments for stage 1 "
         "(--project, --engine, --n-runs, --bc, ...).",
     )
-    post_stages: list[Annotated[int, Field(ge=3, le=5)]] = Field(
+    post_stages: list[Annotated[int, Field(ge=3, le=5), _JSON_INTEGER]] = Field(
         default_factory=list,
         description="SIERRA stages (3, 4, 5) to run after the last experiment.",
     )
 
 
-class ResourceRequirements(_Model):
+class ResourceRequirements(_SpecModel):
     """Kubernetes resources of each run pod."""
 
     requests: dict[str, Quantity] = Field(
@@ -250,48 +311,49 @@ class FailurePolicy(StrEnum):
     CONTINUE = "Continue"
 
 
-class ExecutionSpec(_Model):
+class ExecutionSpec(_SpecModel):
     """How the experiments execute."""
 
-    workers: int = Field(
+    workers: JsonInt = Field(
         default=1,
         ge=1,
         le=100,
         description="Prefect workers (worker pods in the cluster, processes in local mode).",
     )
-    parallelism: int = Field(
+    parallelism: JsonInt = Field(
         default=4,
         ge=1,
         le=10000,
         description="At most this many runs of one experiment execute at the same time.",
     )
-    retries: int = Field(
+    retries: JsonInt = Field(
         default=0,
         ge=0,
         le=20,
         description="Times a failed run is retried before it counts as failed.",
     )
-    failure_policy: FailurePolicy = Field(
+    failure_policy: Annotated[FailurePolicy, Lax] = Field(
         default=FailurePolicy.STOP_BATCH,
         description="StopBatch: after a run fails (retries used up) start nothing new and end "
         "Failed. Continue: run the remaining experiments, then end Failed.",
     )
-    run_timeout_seconds: int | None = Field(
-        default=None, ge=1, description="A run still executing after this long is failed."
+    run_timeout_seconds: Annotated[int, Field(ge=1, le=2**31 - 1), _JSON_INTEGER] | None = Field(
+        default=None,
+        description="A run still executing after this many seconds is failed (at most 2147483647).",
     )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Resources of each run pod."
     )
 
 
-class SecretKeyRef(_Model):
+class SecretKeyRef(_SpecModel):
     """A key of a Secret in the batch's namespace."""
 
     name: str = Field(pattern=DNS1123_PATTERN, description="Secret name.")
     key: str = Field(min_length=1, description="Key inside the Secret.")
 
 
-class PrefectSpec(_Model):
+class PrefectSpec(_SpecModel):
     """Which Prefect server runs the batch, and the names used on it."""
 
     api_url: str | None = Field(
@@ -316,7 +378,7 @@ class PrefectSpec(_Model):
     )
 
 
-class SierraBatchSpec(_Model):
+class SierraBatchSpec(_SpecModel):
     """A SIERRA batch experiment: where its data lives, its experiments and how they run."""
 
     model_config = ConfigDict(
@@ -336,7 +398,7 @@ class SierraBatchSpec(_Model):
     experiments: list[ExperimentSpec] | None = Field(
         default=None,
         min_length=1,
-        max_length=1000,
+        max_length=MAX_EXPERIMENTS,
         description="Inline experiments, run in this order; names are unique.",
         json_schema_extra={
             # The API server rejects duplicate names itself (cheaper than a CEL rule).
@@ -383,13 +445,13 @@ class SierraBatchSpec(_Model):
             fix = COMMANDS_FILE_FIX
             if not inside.startswith(".."):
                 fix = f"give it relative to spec.sierraRoot.mountPath ({mount}): {inside}"
-            raise _spec_rule_error(f"{value!r} is absolute; {fix}")
+            raise _spec_rule_error(f"{shown(value)} is absolute; {fix}")
         if ".." in value.split("/"):
             if posixpath.normpath(value).split("/")[0] == "..":
                 problem = "leaves sierra-root"
             else:
                 problem = "has a '..' segment (not allowed: paths must stay under sierra-root)"
-            raise _spec_rule_error(f"{value!r} {problem}; {COMMANDS_FILE_FIX}")
+            raise _spec_rule_error(f"{shown(value)} {problem}; {COMMANDS_FILE_FIX}")
         return value
 
     @model_validator(mode="after")
@@ -406,20 +468,36 @@ class SierraBatchSpec(_Model):
         return self
 
 
-class ObjectMeta(BaseModel):
-    """The part of Kubernetes metadata the batch uses; the rest is kept as is."""
+class ObjectMeta(_SpecModel):
+    """Kubernetes metadata: the fields the batch uses typed, the rest of the API server's
+    ObjectMeta kept as is, anything else refused (kubectl's strict validation refuses it)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    name: str = Field(pattern=DNS1123_PATTERN, max_length=63, description="Batch name.")
+    name: str = Field(description="Batch name.")
+    generate_name: str | None = None
     namespace: str | None = None
+    self_link: str | None = None
     uid: str | None = None
-    generation: int | None = None
+    resource_version: str | None = None
+    generation: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX), _JSON_INTEGER] | None = None
+    creation_timestamp: Any = None
+    deletion_timestamp: Any = None
+    deletion_grace_period_seconds: Any = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    owner_references: Any = None
+    finalizers: Any = None
+    managed_fields: Any = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        """The CRD's root rule (NAME_RULE), worded the same."""
+        if len(value) > 63 or not re.fullmatch(DNS1123_PATTERN, value):
+            raise _spec_rule_error(f"{shown(value)} {NAME_MESSAGE}")
+        return value
 
 
-class SierraBatch(_Model):
+class SierraBatch(_SpecModel):
     """The whole resource as a user writes it."""
 
     api_version: Literal["sierra.research.io/v1alpha1"] = Field(alias="apiVersion")
@@ -548,7 +626,7 @@ class BatchStatus(_Model):
         default=None, description="Name of the experiment now executing."
     )
     experiments: list[ExperimentStatus] = Field(
-        default_factory=list, max_length=1000, description="Per-experiment counts."
+        default_factory=list, max_length=MAX_EXPERIMENTS, description="Per-experiment counts."
     )
     runs: RunCounts = Field(default_factory=RunCounts, description="Run counts over the batch.")
     runs_done: str = Field(default="0/0", description="Final runs / total, for printing.")
@@ -568,16 +646,49 @@ class SpecError(ValueError):
     """A batch the user must fix; the message names every bad field and how to fix it."""
 
 
+def shown(value: Any, quote: bool = True) -> str:
+    """``value`` as a message quotes it: short (a 4,302-digit integer or a megabyte of text is
+    described, not printed: printing could take seconds or fail), escaped (a line break or a
+    control character cannot split or garble the message) and never raising."""
+    try:
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            return repr(value)
+        if isinstance(value, int):
+            if value.bit_length() > 200:
+                return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+            return repr(value)
+        if isinstance(value, str):
+            text = repr(value[:60])
+            text = text if quote else text[1:-1]
+            return text if len(value) <= 60 else f"{text}... ({len(value)} characters)"
+        if isinstance(value, Mapping):
+            return f"a mapping of {len(value)} key(s)"
+        if isinstance(value, list | tuple):
+            return f"a list of {len(value)} item(s)"
+        return f"a {type(value).__name__}"
+    except Exception:  # the error path must never fail
+        return "a value"
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,99}")
+# Steps pydantic adds to an error's location that are no field of the document.
+_PYDANTIC_STEP = re.compile(r"function-(after|before|wrap|plain)\[.*\]|list\[ExperimentSpec\]")
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    """Dotted path with list indexes, as kubectl prints them: spec.experiments[0].runs."""
+    """Dotted path with list indexes, as kubectl prints them: spec.experiments[0].runs. A key
+    that is not a plain name is quoted (spec['[bold]image'], spec['']), so it can be neither
+    mistaken for an index nor split the message."""
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith("function-") or part in {"list[ExperimentSpec]"}:
+        elif i < len(loc) - 1 and _PYDANTIC_STEP.fullmatch(part):
             continue
-        else:
+        elif _PLAIN_KEY.fullmatch(part):
             out += f".{part}" if out else part
+        else:
+            out += f"[{shown(part)}]"
     return out
 
 
@@ -611,50 +722,189 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
 def _quantity_message(path: str, given: Any) -> str:
     """A quantity pattern error in words: the regular expression helps nobody."""
     examples = '"10Gi"' if path.endswith(".size") else '"500m" or "2" for cpu, "1Gi" for memory'
-    return f"{given!r} is not a Kubernetes quantity; use e.g. {examples}"
+    return f"{shown(given)} is not a Kubernetes quantity; use e.g. {examples}"
+
+
+def _command_message(given: Any) -> str:
+    """A command pattern error in words: which character, where."""
+    text = str(given)
+    bad = re.search(r"[\x00-\x08\x0B-\x1F\x7F-\x9F]", text)
+    if bad is None:
+        return "the command is blank; give the shell command of this run"
+    return (
+        f"the command holds the control character U+{ord(bad.group()):04X} at position "
+        f"{bad.start() + 1}; remove it (only tabs and line breaks are allowed)"
+    )
 
 
 def format_validation_error(error: ValidationError, source: str = "") -> str:
-    """One line per problem: field path, what is wrong, the value given, what is expected."""
-    lines = []
-    for err in error.errors():
-        loc = tuple(err["loc"])
+    """One line per problem: field path, what is wrong, the value given, what is expected.
+    Never raises (a problem it cannot word is still named by its path), and lists at most
+    :data:`MAX_PROBLEMS` problems."""
+    try:
+        errors = error.errors()
+    except Exception:  # the error path must never fail
+        return f"{source}(document): invalid"
+    lines = [_problem_line(err, source) for err in errors[:MAX_PROBLEMS]]
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"{source}... and {len(errors) - MAX_PROBLEMS} more problem(s)")
+    return "\n".join(lines)
+
+
+def _problem_line(err: Any, source: str) -> str:
+    """One problem of a ValidationError in words (see :func:`format_validation_error`)."""
+    loc = tuple(err.get("loc", ()))
+    path = "(document)"
+    try:
         path = _field_path(loc) or "(document)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "spec_rule":
-            lines.append(f"{source}{path}: {msg}")
-            continue
-        if (
-            err["type"] == "string_pattern_mismatch"
-            and err.get("ctx", {}).get("pattern") == QUANTITY_PATTERN
-        ):
-            lines.append(f"{source}{path}: {_quantity_message(path, err.get('input'))}")
-            continue
-        if err["type"] == "extra_forbidden":
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        kind = err["type"]
+        pattern = err.get("ctx", {}).get("pattern")
+        if kind == "spec_rule":
+            return f"{source}{path}: {msg}"
+        if kind == "string_pattern_mismatch" and pattern == QUANTITY_PATTERN:
+            return f"{source}{path}: {_quantity_message(path, err.get('input'))}"
+        if kind == "string_pattern_mismatch" and pattern == COMMAND_PATTERN:
+            return f"{source}{path}: {_command_message(err.get('input'))}"
+        if kind == "extra_forbidden":
             parent = _field_path(loc[:-1]) or "the document"
             msg = (
                 f"unknown field; remove it or check its spelling (fields of {parent} are camelCase)"
             )
-        elif err["type"] == "missing":
+        elif kind == "missing":
             msg = "required field is missing"
         given = err.get("input")
-        if err["type"] not in {"missing", "extra_forbidden"} and not isinstance(given, dict | list):
-            msg += f" (got {given!r})"
+        if kind not in {"missing", "extra_forbidden"} and not isinstance(given, dict | list):
+            msg += f" (got {shown(given)})"
         hint = _describe(loc)
-        if hint and err["type"] != "extra_forbidden":
+        if hint and kind != "extra_forbidden":
             msg += f". {path.rsplit('.', 1)[-1]}: {hint}"
-        lines.append(f"{source}{path}: {msg}")
-    return "\n".join(lines)
+        return f"{source}{path}: {msg}"
+    except Exception:  # the error path must never fail
+        return f"{source}{path}: invalid value"
+
+
+def _plain_document(document: Any) -> dict[str, Any]:
+    """``document`` as the API server stores it, or :class:`SpecError` naming the place.
+
+    Mappings only have string keys (JSON's), and a null value in a mapping is dropped (the
+    API server prunes them: null and absent mean the same). It is walked without recursion,
+    and refused past :data:`MAX_DEPTH` levels or :data:`MAX_VALUES` values, counting a part
+    shared through YAML aliases each time it appears: that is what validating it, or quoting
+    it in a message, would cost. Text must be valid Unicode (no lone surrogates, which no
+    file can be written with)."""
+    if not isinstance(document, Mapping):
+        raise SpecError(
+            "expected a SierraBatch mapping (apiVersion, kind, metadata, spec), "
+            f"got {_kind_of(document)}"
+        )
+    root: dict[str, Any] = {}
+    # (value to copy, container of its copy, parent link for the path, depth)
+    stack: list[tuple[Any, dict[str, Any] | list[Any], Any, int]] = [(document, root, None, 1)]
+    count = 0
+    while stack:
+        value, into, link, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SpecError(f"{_link_path(link)}: nested deeper than {MAX_DEPTH} levels")
+        items: Any = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            count += 1
+            if count > MAX_VALUES:
+                raise SpecError(
+                    f"{_link_path(link) or '(document)'}: the document has more than "
+                    f"{MAX_VALUES:,} values (YAML aliases expanded); write a smaller batch"
+                )
+            if isinstance(value, Mapping) and not isinstance(key, str):
+                raise SpecError(
+                    f"{_link_path(link) or '(document)'}: the key {shown(key)} is not a "
+                    "string; keys are field names (quote it if it is one)"
+                )
+            here = (link, key)
+            for text in (key, item):
+                if isinstance(text, str) and not _is_unicode(text):
+                    raise SpecError(
+                        f"{_link_path(here)}: holds a lone surrogate ({shown(text)}), which is "
+                        "not a character; write the text as UTF-8"
+                    )
+            copy: Any
+            if item is None and isinstance(value, Mapping):
+                continue
+            if isinstance(item, Mapping):
+                copy = {}
+                stack.append((item, copy, here, depth + 1))
+            elif isinstance(item, list | tuple):
+                copy = []
+                stack.append((item, copy, here, depth + 1))
+            elif item is None or isinstance(item, str | int | float):
+                copy = item
+            else:
+                raise SpecError(f"{_link_path(here)}: {_kind_of(item)} is not a JSON value")
+            if isinstance(into, dict):
+                into[key] = copy
+            else:
+                into.append(copy)
+    return root
+
+
+def _link_path(link: Any) -> str:
+    """The field path of a (parent link, key) chain built by :func:`_plain_document`."""
+    loc: list[int | str] = []
+    while link is not None:
+        link, key = link
+        loc.append(key)
+    return _field_path(tuple(reversed(loc)))
+
+
+def _kind_of(value: Any) -> str:
+    """What a value is, in JSON's words."""
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def stored_batch(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch as the API server sent it, ready for :func:`parse_batch`: metadata fields
+    this version does not know (a newer Kubernetes may add some) are dropped, not refused.
+    The API server already validated them; refusing them would fail every batch."""
+    known = {f.alias or to_camel(n) for n, f in ObjectMeta.model_fields.items()}
+    doc = dict(body)
+    meta = doc.get("metadata")
+    if isinstance(meta, Mapping):
+        doc["metadata"] = {k: v for k, v in meta.items() if k in known}
+    return doc
 
 
 def parse_batch(document: Any, source: str = "") -> SierraBatch:
-    """Validate a loaded YAML/JSON document; raise :class:`SpecError` naming each bad field."""
-    if not isinstance(document, dict):
-        raise SpecError(
-            f"{source}expected a SierraBatch mapping (apiVersion, kind, metadata, spec), "
-            f"got {type(document).__name__}"
-        )
+    """Validate a loaded YAML/JSON document; raise :class:`SpecError` naming each bad field.
+
+    The document is first made what the API server would store (:func:`_plain_document`),
+    so the model judges the same thing the CRD does, and bounded in size and depth. Fields
+    go by their wire names only: ``sierra_root`` is as unknown to the API server as any
+    other misspelling (Python code still constructs models with snake_case names)."""
     try:
-        return SierraBatch.model_validate(document)
+        plain = _plain_document(document)
+    except SpecError as exc:
+        raise SpecError(f"{source}{exc}") from None
+    try:
+        return SierraBatch.model_validate(plain, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None

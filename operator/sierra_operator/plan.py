@@ -19,10 +19,25 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sierra_operator.model import EXPERIMENT_NAME_PATTERN, ExperimentSpec
+from sierra_operator.model import (
+    EXPERIMENT_NAME_PATTERN,
+    MAX_EXPERIMENTS,
+    ExperimentSpec,
+    shown,
+)
 
 _EXP_SEGMENT = re.compile(r"exp-inputs/([^/\s'\"]+)/")
 _NAME_RE = re.compile(EXPERIMENT_NAME_PATTERN)
+
+MAX_RUNS = 100_000
+"""Runs in one batch: the plan is held in memory by the operator and published as one Prefect
+artifact; a bigger batch is a mistake (or a hostile file) long before it is a workload."""
+
+# Characters no shell command SIERRA writes contains: C0 controls but tab (so also \f, \v and
+# the \r of a lone CR), DEL, C1 controls (\x85 among them), Unicode line/paragraph separators
+# and a byte-order mark. Each is invisible in an editor and changes what the shell runs.
+_BAD_IN_COMMAND = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+_BLANKS = " \t"
 
 
 class PlanError(ValueError):
@@ -86,20 +101,36 @@ def plan_from_experiments(experiments: Iterable[ExperimentSpec]) -> Plan:
     )
 
 
-def command_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, command) for each line that is a command: blanks and # comments skipped."""
+def command_lines(text: str, source: str = "commands.txt") -> list[tuple[int, str]]:
+    """(line number, command) for each line that is a command: blanks and # comments skipped.
+
+    Lines end at '\n' only (a trailing '\r' of a CRLF file is dropped): ``str.splitlines``
+    would also split at '\f', '\v', U+2028 and friends, silently turning one command into two
+    runs and making every later line number wrong. A command holding a control character
+    is refused (:class:`PlanError` naming the line and column), as is a BOM anywhere but at
+    the very start of the file, where an editor may have put it.
+    """
     out = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            out.append((number, line))
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+        line = raw.removesuffix("\r").strip(_BLANKS)
+        if not line or line.startswith("#"):
+            continue
+        bad = _BAD_IN_COMMAND.search(line)
+        if bad is not None:
+            column = len(raw) - len(raw.lstrip(_BLANKS)) + bad.start() + 1
+            raise PlanError(
+                f"{source} line {number}, column {column}: the command contains the control "
+                f"character U+{ord(bad.group()):04X}, which SIERRA never writes; remove it "
+                "(or run SIERRA stage 1 again)"
+            )
+        out.append((number, line))
     return out
 
 
 def _check_name(name: str, where: str) -> None:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise PlanError(
-            f"{where}: experiment name {name!r} is not usable; names are letters, digits, "
+            f"{where}: experiment name {shown(name)} is not usable; names are letters, digits, "
             "'.', '_', '+', '-' (SIERRA's are like c1-exp0)"
         )
 
@@ -107,10 +138,12 @@ def _check_name(name: str, where: str) -> None:
 def plan_from_batch_commands(text: str, source: str = "commands.txt") -> Plan:
     """Plan from SIERRA's per-batch commands file: group lines by their exp-inputs/<exp>/."""
     groups: dict[str, list[str]] = {}
-    for number, line in command_lines(text):
+    runs = 0
+    for number, line in command_lines(text, source):
         names = set(_EXP_SEGMENT.findall(line))
         if len(names) != 1:
-            found = "no" if not names else f"{len(names)} different ({', '.join(sorted(names))})"
+            listed = ", ".join(shown(n, quote=False) for n in sorted(names)[:5])
+            found = "no" if not names else f"{len(names)} different ({listed})"
             raise PlanError(
                 f"{source} line {number}: {found} exp-inputs/<experiment>/ path in the "
                 "command, so its experiment is unknown; each line of a per-batch SIERRA "
@@ -119,6 +152,10 @@ def plan_from_batch_commands(text: str, source: str = "commands.txt") -> Plan:
             )
         name = names.pop()
         _check_name(name, f"{source} line {number}")
+        if name not in groups:
+            _check_experiment_count(len(groups) + 1, f"{source} line {number}")
+        runs += 1
+        _check_run_count(runs, f"{source} line {number}")
         groups.setdefault(name, []).append(line)
     if not groups:
         raise PlanError(
@@ -128,22 +165,50 @@ def plan_from_batch_commands(text: str, source: str = "commands.txt") -> Plan:
     return _plan_from_groups(groups)
 
 
-def plan_from_experiment_commands(files: Mapping[str, str], source: str = "exp-inputs") -> Plan:
-    """Plan from per-experiment files: experiment name -> text of its commands.txt."""
+def plan_from_experiment_commands(
+    files: Mapping[str, str | None], source: str = "exp-inputs"
+) -> Plan:
+    """Plan from per-experiment files: experiment name -> text of its commands.txt, or None
+    for an experiment directory without one (an error: dropping that experiment silently
+    would run a different batch than SIERRA planned)."""
     if not files:
         raise PlanError(
             f"{source}: no exp-inputs/<experiment>/commands.txt found; run SIERRA stage 1 "
             "first or point commandsFile at the batch's commands.txt"
         )
+    _check_experiment_count(len(files), source)
     groups: dict[str, list[str]] = {}
+    runs = 0
     for name, text in files.items():
         where = f"{source}/{name}/commands.txt"
-        _check_name(name, where)
-        lines = [line for _, line in command_lines(text)]
+        _check_name(name, source)
+        if text is None:
+            raise PlanError(
+                f"{where}: missing; every experiment directory SIERRA makes has one: run "
+                "SIERRA stage 1 again or remove the directory"
+            )
+        lines = [line for _, line in command_lines(text, where)]
         if not lines:
             raise PlanError(f"{where}: no commands; experiment {name} would have no runs")
+        runs += len(lines)
+        _check_run_count(runs, where)
         groups[name] = lines
     return _plan_from_groups(groups)
+
+
+def _check_experiment_count(count: int, where: str) -> None:
+    if count > MAX_EXPERIMENTS:
+        raise PlanError(
+            f"{where}: more than {MAX_EXPERIMENTS} experiments, the most one batch can have "
+            "(its status lists each); split the batch"
+        )
+
+
+def _check_run_count(count: int, where: str) -> None:
+    if count > MAX_RUNS:
+        raise PlanError(
+            f"{where}: more than {MAX_RUNS} runs, the most one batch can have; split the batch"
+        )
 
 
 def _plan_from_groups(groups: Mapping[str, list[str]]) -> Plan:

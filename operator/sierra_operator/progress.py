@@ -61,11 +61,12 @@ class ProgressView:
                 detail=f"ok {r.succeeded} failed {r.failed} running {r.running}",
             )
         else:
-            self.console.print(line, highlight=False, soft_wrap=True)
+            self.console.print(line, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
     def note(self, message: str) -> None:
-        """A line above the bar (server started, workers up...)."""
-        self.console.print(message, highlight=False, soft_wrap=True)
+        """A line above the bar (server started, workers up...); plain text, never markup:
+        it holds paths and names from the user."""
+        self.console.print(message, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
     def close(self) -> None:
         """Stop redrawing the bar."""

@@ -33,6 +33,7 @@ from sierra_operator.model import (
     SierraBatchSpec,
     SpecError,
     parse_batch,
+    stored_batch,
 )
 from sierra_operator.plan import Plan, PlanError, plan_from_experiments, plan_from_json
 from sierra_operator.prefect_api import PoolConflict, PrefectBatch
@@ -235,7 +236,7 @@ def _validated(body: Mapping[str, Any], status: BatchStatus, now: datetime) -> S
         return _Stop(_blocked(status, now, "Valid", reason, message, BatchPhase.FAILED))
 
     try:
-        batch = parse_batch(dict(body))
+        batch = parse_batch(stored_batch(body))
     except SpecError as exc:
         raise invalid("InvalidSpec", str(exc)) from None
     if batch.spec.image is None:
@@ -605,7 +606,7 @@ async def finalize(
     """On delete: cancel live runs, delete pool and deployment. Never blocks deletion."""
     meta = body.get("metadata", {})
     try:
-        batch = parse_batch(dict(body))
+        batch = parse_batch(stored_batch(body))
     except SpecError:
         return []  # it never started anything
     api_url = api_url_of(batch, settings)

@@ -191,6 +191,27 @@ INVALID = {
         "spec.commandsFile: '/etc/passwd' is absolute; give a path relative to "
         "spec.sierraRoot.mountPath",
     ),
+    # Issue 13: what the model took and the API server refuses.
+    "true for an integer": (with_spec(execution={"workers": True}), "spec.execution.workers"),
+    "beyond int64": (
+        with_spec(execution={"runTimeoutSeconds": 2**63}),
+        "spec.execution.runTimeoutSeconds",
+    ),
+    "a string for a boolean": (with_spec(suspend="yes"), "spec.suspend"),
+    "python field name": (with_spec(sierra_root={}), "spec.sierra_root: unknown field"),
+    "blank command": (
+        with_spec(experiments=[{"name": "e", "runs": [{"command": " \t"}]}]),
+        "spec.experiments[0].runs[0].command: the command is blank",
+    ),
+    "NUL in a command": (
+        with_spec(experiments=[{"name": "e", "runs": [{"command": "a\x00"}]}]),
+        "spec.experiments[0].runs[0].command: the command holds the control character U+0000",
+    ),
+    "name with a dot": (
+        {**BASE, "metadata": {"name": "a.b"}},
+        "metadata.name: 'a.b' must be a DNS-1123 label",
+    ),
+    "no kind": ({k: v for k, v in BASE.items() if k != "kind"}, "kind: required field"),
     "absolute commands file under the mount": (
         with_spec(experiments=DELETE, commandsFile="/sierra-root/proj/batch/commands.txt"),
         "spec.commandsFile: '/sierra-root/proj/batch/commands.txt' is absolute; give it "

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sierra_operator.idle import needs_reconcile
-from sierra_operator.model import BatchPhase, BatchStatus, Condition, parse_batch
+from sierra_operator.model import BatchPhase, BatchStatus, Condition, SpecError, parse_batch
 from sierra_operator.reconciler import batch_prefect, read_status, reconcile, status_document
 from sierra_operator.settings import OperatorSettings
 
@@ -232,3 +232,18 @@ def test_workers_scaled_on_suspend_transitions_only(
     )
     asyncio.run(reconciler._scale_for_suspend(ctx, BatchStatus(phase=phase)))
     assert calls == [("ns", "b-worker", n) for n in scaled]
+
+
+def test_metadata_fields_of_a_newer_kubernetes_do_not_invalidate_a_batch():
+    """The operator's bodies come from the API server, which validated their metadata: a
+    field this version does not know is dropped, not refused (a local file still is)."""
+    b = body()
+    b["metadata"].update(
+        finalizers=["sierra.research.io/finalizer"],
+        managedFields=[{"manager": "kubectl"}],
+        someFutureField={"x": 1},
+    )
+    out = run(b)
+    assert {c.type: c.status for c in out.status.conditions}["Valid"] == "True"
+    with pytest.raises(SpecError, match="someFutureField"):
+        parse_batch(b)

@@ -1,0 +1,1 @@
+"""SIERRA plugins of the tests: engine ``sotest.tinysim`` and project ``sotest.tinyproj``."""
