@@ -1,4 +1,4 @@
-"""`sierra-operator` command line: local | run | validate | crd | rbac | version |
+"""`sierra-operator` command line: local | run | validate | status | crd | rbac | version |
 sierra-plugin-path."""
 
 from __future__ import annotations
@@ -83,6 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("batch", type=Path)
     validate.add_argument("--sierra-root", type=Path, default=Path("sierra-root"))
 
+    status = sub.add_parser(
+        "status",
+        help="print a SierraBatch's progress and failed runs from the cluster",
+        description="Read a SierraBatch through the Kubernetes API with the kubeconfig's "
+        "current context and namespace (as kubectl; KUBECONFIG honoured). Exit 0 if it "
+        "Succeeded or is still going; 1 if it Failed; 2 if there is no such batch; 3 if the "
+        "cluster cannot be used (no kubeconfig, unreachable, CRD missing, forbidden).",
+    )
+    status.add_argument("batch", help="SierraBatch name")
+    status.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    status.add_argument("--context", help="kubeconfig context (default: the current one)")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="print one progress line every 2 s until the batch Succeeded or Failed",
+    )
     sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
     sub.add_parser(
         "rbac", help="print the operator's ClusterRole rules (the chart's files/rbac-rules.yaml)"
@@ -111,6 +127,41 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
     for exp in loaded.plan.experiments:
         _plain(console, f"  {exp.name}: {len(exp.runs)} run(s)")
     return 0
+
+
+def _status(args: argparse.Namespace, console: Console, err: Console) -> int:
+    import asyncio
+
+    from sierra_operator.batch_status import (
+        StatusError,
+        exit_code,
+        fetch,
+        phase_of,
+        progress_line,
+        render,
+    )
+    from sierra_operator.model import TERMINAL_PHASES
+
+    final = {phase.value for phase in TERMINAL_PHASES}
+
+    async def follow() -> int:
+        fetched = await fetch(args.batch, args.namespace, args.context)
+        while args.watch and phase_of(fetched.obj) not in final:
+            _plain(console, progress_line(fetched.obj))
+            await asyncio.sleep(2)
+            fetched = await fetch(args.batch, fetched.namespace, args.context)
+        for line in render(fetched.obj):
+            _plain(console, line)
+        return exit_code(fetched.obj)
+
+    try:
+        return asyncio.run(follow())
+    except StatusError as exc:
+        err.print("[bold red]error:[/] ", end="")
+        _plain(err, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:  # --watch stopped by the user: the batch goes on in the cluster
+        return 130
 
 
 def _run_operator(args: argparse.Namespace) -> int:
@@ -216,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "validate":
             return _validate(args, console)
+        if args.command == "status":
+            return _status(args, console, err)
         if args.command == "run":
             return _run_operator(args)
         return _local(args, console)
