@@ -68,6 +68,15 @@ def kill_live_runs() -> None:
             pass
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> int:
+    """SIGKILL a run's process group (its shell and everything it started); its exit code."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is empty already
+    return proc.wait()
+
+
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     with path.open(errors="replace") as fh:
         return "".join(deque(fh, maxlen=lines))
@@ -167,17 +176,22 @@ def run_command(
         )
         with _live_lock:
             _live[proc.pid] = proc
-        note_process(claim, proc.pid)
         try:
+            note_process(claim, proc.pid)
             code = proc.wait(timeout=timeout_seconds)
             timed_out = False
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait()
-            timed_out = True
+            code, timed_out = _kill_group(proc), True
+        except BaseException:
+            _kill_group(proc)  # never leave a command running that nobody tracks
+            raise
         finally:
             with _live_lock:
                 _live.pop(proc.pid, None)
+        # What the command left behind in its group ends with it, as in a container; the
+        # claim then forgets the group, whose number the system may give to another run.
+        _kill_group(proc)
+        note_process(claim, None)
     finished = time.time()
     for label, path in (("stdout", stdout_path), ("stderr", stderr_path)):
         text = _tail(path)

@@ -182,10 +182,13 @@ def claim_attempt(
     return path
 
 
-def note_process(claim: Path, pgid: int) -> None:
-    """Record the process group executing the claimed attempt (see :func:`stop_older`)."""
+def note_process(claim: Path, pgid: int | None) -> None:
+    """Record the process group executing the claimed attempt (see :func:`stop_older`), or
+    ``None`` once it ended: a finished attempt's number must never be killed later."""
     data = json.loads(claim.read_text())
-    data["pgid"] = pgid
+    data.pop("pgid", None)
+    if pgid is not None:
+        data["pgid"] = pgid
     atomic_write(claim, json.dumps(data) + "\n")
 
 

@@ -883,10 +883,13 @@ def _is_unicode(text: str) -> bool:
 
 def stored_batch(body: Mapping[str, Any]) -> dict[str, Any]:
     """A batch as the API server sent it, ready for :func:`parse_batch`: metadata fields
-    this version does not know (a newer Kubernetes may add some) are dropped, not refused.
-    The API server already validated them; refusing them would fail every batch."""
+    this version does not know (a newer Kubernetes may add some) are dropped, not refused
+    (the API server validated them; refusing them would fail every batch), and so are
+    ``status`` and ``managedFields``, which would count against the document size limit
+    although the user wrote neither: a batch valid at `kubectl apply` stays valid."""
     known = {f.alias or to_camel(n) for n, f in ObjectMeta.model_fields.items()}
-    doc = dict(body)
+    known.discard("managedFields")  # the server's bookkeeping, not part of the batch
+    doc = {k: v for k, v in body.items() if k != "status"}  # ours: its size is not the spec's
     meta = doc.get("metadata")
     if isinstance(meta, Mapping):
         doc["metadata"] = {k: v for k, v in meta.items() if k in known}

@@ -35,6 +35,7 @@ from prefect.states import Cancelling
 from sierra_operator import names
 from sierra_operator.ledger import RunRecord, read_record, run_paths
 from sierra_operator.machine import RunAttempt, RunKey, RunObservation, RunPhase, SubmitRuns
+from sierra_operator.plan import PlannedRun
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,8 @@ def _observe_run(
     if flow_state is StateType.COMPLETED:
         return RunObservation(RunPhase.SUCCEEDED, attempt)
     rec = record(str(fr.parameters.get("batch_root", "")), experiment, index) if record else None
-    if rec is not None and rec.attempt == attempt:
+    if _record_of(rec, fr, index, attempt):
+        assert rec is not None
         if rec.succeeded:
             return RunObservation(RunPhase.SUCCEEDED, attempt)
         return failed(rec.reason, f"exited {rec.exit_code}")
@@ -185,6 +187,18 @@ def _observe_run(
         # The flow run ended under it (crashed, cancelled) or it never wrote its record.
         return failed(flow_message, f"flow run {fr.name} ended {flow_state} before it finished")
     return RunObservation(RunPhase.RUNNING, attempt)  # not known yet: read again
+
+
+def _record_of(rec: RunRecord | None, fr: FlowRun, index: int, attempt: int) -> bool:
+    """Whether ``rec`` is the record of this flow run's attempt of run ``index``: same batch
+    (a local invocation counts attempts from 1 again), same attempt, same command."""
+    if rec is None or rec.attempt != attempt or rec.batch_id != fr.parameters.get("batch_id"):
+        return False
+    command = next(
+        (str(r.get("command")) for r in fr.parameters.get("runs", []) if r["index"] == index),
+        None,
+    )
+    return command is not None and rec.command_sha == PlannedRun(index, command).command_sha
 
 
 @dataclass(frozen=True)

@@ -101,12 +101,12 @@ def test_a_deleted_pod_is_replaced_and_runs_the_command_again(kube, runner, tmp_
     though backoffLimit is 0: the same command runs a second time (the real defect)."""
     out = tmp_module / "replaced.pids"
     create_job(kube, "replaced", FIRST_RUN_LINGERS, out)
-    wait_for(lambda: lines(out) == 1, 30, "the first pod to run")
+    wait_for(lambda: lines(out) == 1, 90, "the first pod to run")
     [first] = runner.pod_names("replaced")
     first_uid = pod(kube, first)["metadata"]["uid"]
     assert runner.delete_pod(NS, "replaced") == first
-    wait_for(lambda: lines(out) == 2, 30, "a replacement pod to run the command again")
-    wait_for(lambda: job_condition(kube, "replaced", "Complete"), 30, "the Job to complete")
+    wait_for(lambda: lines(out) == 2, 90, "a replacement pod to run the command again")
+    wait_for(lambda: job_condition(kube, "replaced", "Complete"), 90, "the Job to complete")
     status = job_status(kube, "replaced")
     assert status.get("succeeded") == 1 and "failed" not in status, dump(status)
     assert runner.pods_started("replaced") == 2
@@ -114,7 +114,7 @@ def test_a_deleted_pod_is_replaced_and_runs_the_command_again(kube, runner, tmp_
     assert first_pid != second_pid, "a new process"
     second = runner.pod_names("replaced")[1]
     assert pod(kube, second)["status"]["phase"] == "Succeeded"
-    wait_for(lambda: pod(kube, first) is None, 30, "the deleted pod to go once terminated")
+    wait_for(lambda: pod(kube, first) is None, 90, "the deleted pod to go once terminated")
     assert not container_pids(first_uid), "its background child died with the container"
 
 
@@ -123,17 +123,17 @@ def test_with_replacement_policy_failed_a_deleted_pod_fails_the_job(kube, runner
     end (SIGTERM: exit 143, Failed), counts it, and fails; the command ran once."""
     out = tmp_module / "strict.pids"
     create_job(kube, "strict", FIRST_RUN_LINGERS, out, podReplacementPolicy="Failed")
-    wait_for(lambda: lines(out) == 1, 30, "the pod to run")
+    wait_for(lambda: lines(out) == 1, 90, "the pod to run")
     name = runner.delete_pod(NS, "strict")
     assert name is not None
-    failed = wait_for(lambda: job_condition(kube, "strict", "Failed"), 30, "the Job to fail")
+    failed = wait_for(lambda: job_condition(kube, "strict", "Failed"), 90, "the Job to fail")
     assert failed["reason"] == "BackoffLimitExceeded", dump(failed)
     assert job_condition(kube, "strict", "FailureTarget")["reason"] == "BackoffLimitExceeded"
     status = job_status(kube, "strict")
     assert status["failed"] == 1 and "succeeded" not in status and "active" not in status
     time.sleep(1.5)  # several controller passes: still no replacement
     assert lines(out) == 1 and runner.pods_started("strict") == 1
-    wait_for(lambda: pod(kube, name) is None, 30, "the deleted pod to go once counted")
+    wait_for(lambda: pod(kube, name) is None, 90, "the deleted pod to go once counted")
 
 
 def test_pods_are_objects_with_the_jobs_labels_owner_and_terminal_status(kube, runner, tmp_module):
@@ -141,8 +141,8 @@ def test_pods_are_objects_with_the_jobs_labels_owner_and_terminal_status(kube, r
         "fine": create_job(kube, "fine", "echo hello", tmp_module / "fine.out"),
         "broken": create_job(kube, "broken", "echo oops; exit 3", tmp_module / "broken.out"),
     }
-    wait_for(lambda: job_condition(kube, "fine", "Complete"), 30, "fine to complete")
-    failed = wait_for(lambda: job_condition(kube, "broken", "Failed"), 30, "broken to fail")
+    wait_for(lambda: job_condition(kube, "fine", "Complete"), 90, "fine to complete")
+    failed = wait_for(lambda: job_condition(kube, "broken", "Failed"), 90, "broken to fail")
     assert failed["reason"] == "BackoffLimitExceeded"
     assert job_status(kube, "fine")["completionTime"]
     for name, (phase, code, reason, said) in {
@@ -195,10 +195,10 @@ def test_a_pod_failure_policy_fails_the_job_on_eviction_not_on_a_plain_delete(
     ):
         out = tmp_module / f"{name}.pids"
         create_job(kube, name, FIRST_RUN_LINGERS, out, podFailurePolicy=DISRUPTION_FAILS_JOB)
-        wait_for(lambda out=out: lines(out) == 1, 30, f"{name}'s pod to run")
+        wait_for(lambda out=out: lines(out) == 1, 90, f"{name}'s pod to run")
         assert runner.delete_pod(NS, name, evict=evict) is not None
         failed = wait_for(
-            lambda name=name: job_condition(kube, name, "Failed"), 30, f"{name} to fail"
+            lambda name=name: job_condition(kube, name, "Failed"), 90, f"{name} to fail"
         )
         assert failed["reason"] == reason, dump(failed)
         if evict:
@@ -214,9 +214,9 @@ def test_a_killed_pod_is_a_failure_counted_against_the_backoff_limit(kube, runne
     after the failure backoff and the Job completes with one failure on record."""
     out = tmp_module / "oom.pids"
     create_job(kube, "oom", FIRST_RUN_LINGERS, out)
-    wait_for(lambda: lines(out) == 1, 30, "oom's pod to run")
+    wait_for(lambda: lines(out) == 1, 90, "oom's pod to run")
     assert runner.kill_pod(NS, "oom") == "oom"
-    failed = wait_for(lambda: job_condition(kube, "oom", "Failed"), 30, "oom to fail")
+    failed = wait_for(lambda: job_condition(kube, "oom", "Failed"), 90, "oom to fail")
     assert failed["reason"] == "BackoffLimitExceeded"
     [obj] = pods_of(kube, "oom")
     terminated = obj["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -228,9 +228,9 @@ def test_a_killed_pod_is_a_failure_counted_against_the_backoff_limit(kube, runne
 
     out = tmp_module / "retried.pids"
     create_job(kube, "retried", FIRST_RUN_LINGERS, out, backoffLimit=1)
-    wait_for(lambda: lines(out) == 1, 30, "retried's pod to run")
+    wait_for(lambda: lines(out) == 1, 90, "retried's pod to run")
     assert runner.kill_pod(NS, "retried") == "retried"
-    wait_for(lambda: job_condition(kube, "retried", "Complete"), 30, "retried to complete")
+    wait_for(lambda: job_condition(kube, "retried", "Complete"), 90, "retried to complete")
     status = job_status(kube, "retried")
     assert (status["failed"], status["succeeded"]) == (1, 1), dump(status)
     assert runner.pods_started("retried") == 2 and lines(out) == 2
@@ -239,11 +239,11 @@ def test_a_killed_pod_is_a_failure_counted_against_the_backoff_limit(kube, runne
 def test_deleting_a_job_ends_its_pods_processes_and_objects(kube, runner, tmp_module):
     out = tmp_module / "doomed.pids"
     create_job(kube, "doomed", FIRST_RUN_LINGERS, out)
-    wait_for(lambda: lines(out) == 1, 30, "the pod to run")
+    wait_for(lambda: lines(out) == 1, 90, "the pod to run")
     [name] = runner.pod_names("doomed")
     uid = pod(kube, name)["metadata"]["uid"]
     with kube.http() as http:
         http.delete(f"{JOBS}/doomed").raise_for_status()
-    wait_for(lambda: not pods_of(kube, "doomed"), 30, "the Job's pod to be collected")
+    wait_for(lambda: not pods_of(kube, "doomed"), 90, "the Job's pod to be collected")
     wait_for(lambda: not container_pids(uid), 10, "the pod's processes to end")
     assert runner.pods_started("doomed") == 1 and lines(out) == 1

@@ -135,6 +135,7 @@ def flow_run(
         state=state(type_, message),
         tags=tags,
         parameters={
+            "batch_id": BATCH,
             "experiment": "e",
             "batch_root": "/root/b",
             "runs": [{"index": i, "attempt": a, "command": "x"} for i, a in runs],
@@ -210,7 +211,7 @@ def test_a_failed_wave_asks_the_run_record_when_a_task_state_is_unknown():
     def record(root: str, exp: str, index: int) -> ledger.RunRecord | None:
         assert root == "/root/b"
         if index == 0:
-            return ledger.RunRecord(exp, index, 1, "sha", 0, True, 0.0, 1.0)
+            return record_of(index, attempt=1, succeeded=True)
         return None  # run 1 never wrote a record: it did not finish under the failed flow
 
     obs, settled = flow_run_observations(fr, tasks, record)
@@ -223,12 +224,40 @@ def test_a_failed_wave_asks_the_run_record_when_a_task_state_is_unknown():
     assert obs[("e", 0)][1].phase is RunPhase.RUNNING and not settled
 
 
-def test_a_stale_record_of_an_older_attempt_settles_nothing():
+def record_of(
+    index: int, attempt: int, succeeded: bool, batch: str = BATCH, command: str = "x"
+) -> ledger.RunRecord:
+    sha = PlannedRun(index, command).command_sha
+    return ledger.RunRecord("e", index, attempt, sha, 0, succeeded, 0.0, 1.0, "", batch)
+
+
+@pytest.mark.parametrize(
+    "stale",
+    [
+        record_of(0, attempt=1, succeeded=True),  # an older attempt
+        record_of(0, attempt=2, succeeded=True, batch="earlier-invocation"),  # another batch
+        record_of(0, attempt=2, succeeded=True, command="old simulator"),  # another command
+    ],
+)
+def test_a_record_of_another_attempt_batch_or_command_settles_nothing(stale):
+    """Local invocations count attempts from 1 again: only this batch's record of this
+    attempt of this command may settle a run whose task state is unknown."""
     fr = flow_run(StateType.CRASHED, [(0, 2)], single=False, message="pod evicted")
-    old = ledger.RunRecord("e", 0, 1, "sha", 0, True, 0.0, 1.0)
-    obs, _ = flow_run_observations(fr, {}, lambda *_: old)
+    obs, _ = flow_run_observations(fr, {}, lambda *_: stale)
     seen = obs[("e", 0)][1]
     assert seen.phase is RunPhase.FAILED and seen.reason == "pod evicted"
+    fresh = record_of(0, attempt=2, succeeded=True)
+    obs, _ = flow_run_observations(fr, {}, lambda *_: fresh)
+    assert obs[("e", 0)][1].phase is RunPhase.SUCCEEDED
+
+
+def test_a_finished_attempt_forgets_its_process_group(tmp_path: Path):
+    """Its number may be given to another run's group later: never killed by a retry."""
+    claim = ledger.claim_attempt(tmp_path, BATCH, "e", 0, 1, "fr-1")
+    ledger.note_process(claim, os.getpgid(0))
+    ledger.note_process(claim, None)
+    ledger.claim_attempt(tmp_path, BATCH, "e", 0, 2, "fr-2")
+    assert ledger.stop_older(tmp_path, BATCH, "e", 0, 2) == []
 
 
 # ----------------------------------------------------------------------------- status, Events

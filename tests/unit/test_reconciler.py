@@ -247,3 +247,13 @@ def test_metadata_fields_of_a_newer_kubernetes_do_not_invalidate_a_batch():
     assert {c.type: c.status for c in out.status.conditions}["Valid"] == "True"
     with pytest.raises(SpecError, match="someFutureField"):
         parse_batch(b)
+
+
+def test_a_large_status_never_makes_a_valid_batch_invalid():
+    """The status is the operator's, not the user's: it does not count against the size
+    limits a batch file has (a 1,000-experiment batch's status is large)."""
+    b = body()
+    b["metadata"]["managedFields"] = [{"manager": "kopf", "fieldsV1": {"f": 1}}] * 20_000
+    b["status"] = {"experiments": [{"name": f"e{i}", "total": 1} for i in range(60_000)]}
+    out = run(b)
+    assert {c.type: c.status for c in out.status.conditions}["Valid"] == "True"
