@@ -531,9 +531,13 @@ async def _advance(
         # SIERRA batches: nothing of ours under exp-outputs/
         "run_output": spec.experiments is not None,
     }
+    held: list[str] = []
     for action in decision.actions:
-        if not await _previous_attempts_gone(ctx, prefect, action):
-            continue  # decided again next reconcile, once they are gone
+        waiting = await _previous_attempts_left(ctx, prefect, action)
+        if waiting:
+            # Decided again next reconcile, once they are gone; said, not silent.
+            held.append(f"{action.experiment}: retry waits until the Job(s) of {waiting} are gone")
+            continue
         await prefect.submit_each(action, parameters)
         ctx.events.append(
             (
@@ -543,6 +547,8 @@ async def _advance(
             )
         )
     status = decision.status
+    if held:
+        status = status.model_copy(update={"message": "; ".join(held)})
     ctx.events += failure_events(ctx.previous, status)
     if status.phase in TERMINAL_PHASES:
         await kube.scale_workers(
@@ -553,15 +559,18 @@ async def _advance(
     return Outcome(status, ctx.events)
 
 
-async def _previous_attempts_gone(ctx: _Batch, prefect: PrefectBatch, action: SubmitRuns) -> bool:
-    """Whether every retried run's previous attempt is stopped for good: its Job (and so its
-    pod) deleted and confirmed gone, so two attempts of a run never overlap."""
-    gone = True
+async def _previous_attempts_left(ctx: _Batch, prefect: PrefectBatch, action: SubmitRuns) -> str:
+    """The retried runs whose previous attempt is not stopped for good yet (its Job, and so
+    its pod, deleted and confirmed gone), e.g. ``run3 attempt 1``; empty when none: two
+    attempts of a run never overlap."""
+    left = []
     for run in action.runs:
         previous = prefect.attempt_flow_runs.get((action.experiment, run.index, run.attempt - 1))
-        if previous is not None:
-            gone &= await kube.delete_flow_run_jobs(ctx.kube_api, ctx.ref.namespace, str(previous))
-    return gone
+        if previous is not None and not await kube.delete_flow_run_jobs(
+            ctx.kube_api, ctx.ref.namespace, str(previous)
+        ):
+            left.append(f"run{run.index} attempt {run.attempt - 1}")
+    return ", ".join(left)
 
 
 MAX_RUN_EVENTS = 10

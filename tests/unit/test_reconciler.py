@@ -257,3 +257,31 @@ def test_a_large_status_never_makes_a_valid_batch_invalid():
     b["status"] = {"experiments": [{"name": f"e{i}", "total": 1} for i in range(60_000)]}
     out = run(b)
     assert {c.type: c.status for c in out.status.conditions}["Valid"] == "True"
+
+
+def test_a_retry_waiting_for_the_previous_attempts_job_says_which(monkeypatch):
+    """The previous attempt's Job must be gone before a retry (no overlap); while it is not
+    (a pod stuck Terminating on a lost node), the wait is named, not silent. The Kubernetes
+    call is replaced here (a Job that never goes away cannot be made in the emulator)."""
+    import uuid
+    from types import SimpleNamespace
+
+    from sierra_operator import kube
+    from sierra_operator.machine import RunAttempt, SubmitRuns
+    from sierra_operator.prefect_api import PrefectBatch
+    from sierra_operator.reconciler import _previous_attempts_left
+
+    asked: list[str] = []
+
+    async def still_there(api: object, namespace: str, flow_run_id: str) -> bool:
+        asked.append(flow_run_id)
+        return False
+
+    monkeypatch.setattr(kube, "delete_flow_run_jobs", still_there)
+    prefect = PrefectBatch("http://127.0.0.1:9/api", "u1", "p", "q")
+    old = uuid.uuid4()
+    prefect.attempt_flow_runs[("e", 3, 1)] = old
+    ctx = SimpleNamespace(kube_api=None, ref=SimpleNamespace(namespace="ns"))
+    action = SubmitRuns("e", 0, (RunAttempt(3, "c", 2), RunAttempt(4, "c", 1)))
+    assert asyncio.run(_previous_attempts_left(ctx, prefect, action)) == "run3 attempt 1"  # type: ignore[arg-type]
+    assert asked == [str(old)], "only a retried run's previous attempt is asked about"
