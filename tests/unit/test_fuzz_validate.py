@@ -268,6 +268,35 @@ def special_root(tmp: Path, data: Any, seen: set[str]) -> Path:
     return tmp / "no" / "such" / "root"
 
 
+class Tally:
+    """What a fuzz campaign drew and how `validate` answered, checked and printed at the end."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.kinds: collections.Counter[str] = collections.Counter()
+        self.reached: collections.Counter[str] = collections.Counter()
+
+    def record(self, code: int, chosen: list[str], seen: set[str]) -> None:
+        self.counts["cases"] += 1
+        self.counts["accepted" if code == 0 else "rejected"] += 1
+        self.kinds.update(chosen)
+        self.reached.update(seen)
+
+    def check(
+        self, what: str, mutations: Any, required: Any, capsys: Any
+    ) -> collections.Counter[str]:
+        """Print the counts; every mutation drawn, every crash class reached, some valid."""
+        least = min(self.reached[r] for r in required)
+        with capsys.disabled():
+            print(f"\nvalidate on {what}: {dict(self.counts)}, each crash class in >= {least}")
+        assert set(self.kinds) == set(mutations), f"mutations never drawn: {self.kinds}"
+        assert least > 0, (
+            f"crash classes never reached: {sorted(set(required) - set(self.reached))}"
+        )
+        assert self.counts["accepted"] > 0
+        return self.counts
+
+
 def fuzz_settings(examples: int) -> Any:
     """Fixed seed (derandomized), no example database, no deadline: the same cases in CI."""
     return settings(
@@ -280,9 +309,7 @@ def fuzz_settings(examples: int) -> Any:
 
 
 def test_validate_never_crashes_on_mutated_batch_files(tmp_path, capsys):
-    counts: collections.Counter[str] = collections.Counter()
-    kinds: collections.Counter[str] = collections.Counter()
-    reached: collections.Counter[str] = collections.Counter()
+    tally = Tally()
     serial = itertools.count()
 
     @fuzz_settings(BATCH_EXAMPLES)
@@ -308,21 +335,12 @@ def test_validate_never_crashes_on_mutated_batch_files(tmp_path, capsys):
                 root = special_root(tmp, data, seen)
             code, out, err = run_validate(batch, root)
             check_outcome(code, out, err, batch, f"{chosen}: {content[:300]!r}")
-            counts["cases"] += 1
-            counts["accepted" if code == 0 else "rejected"] += 1
-            kinds.update(chosen)
-            reached.update(seen)
+            tally.record(code, chosen, seen)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     check()
-    least = min(reached[r] for r in REQUIRED)
-    with capsys.disabled():
-        print(f"\nvalidate on mutated batch files: {dict(counts)}, each crash class in >= {least}")
-    assert set(kinds) == set(BATCH_MUTATIONS), f"mutations never drawn: {kinds}"
-    assert least > 0, f"crash classes never reached: {sorted(REQUIRED - set(reached))}"
-
-    assert counts["accepted"] > 0
+    counts = tally.check("mutated batch files", BATCH_MUTATIONS, REQUIRED, capsys)
     assert counts["rejected"] > counts["cases"] // 2
 
 
@@ -440,9 +458,7 @@ def layout(tmp: Path, data: Any, chosen: list[str], seen: set[str]) -> str:
 
 
 def test_validate_never_crashes_on_mutated_commands_files(tmp_path, capsys):
-    counts: collections.Counter[str] = collections.Counter()
-    kinds: collections.Counter[str] = collections.Counter()
-    reached: collections.Counter[str] = collections.Counter()
+    tally = Tally()
     serial = itertools.count()
 
     @fuzz_settings(COMMANDS_EXAMPLES)
@@ -460,18 +476,10 @@ def test_validate_never_crashes_on_mutated_commands_files(tmp_path, capsys):
             batch.write_text(HEAD + f"spec:\n  commandsFile: {value}\n")
             code, out, err = run_validate(batch, tmp / "root")
             check_outcome(code, out, err, batch, f"{chosen}: {value!r}")
-            counts["cases"] += 1
-            counts["accepted" if code == 0 else "rejected"] += 1
-            kinds.update(chosen)
-            reached.update(seen)
+            tally.record(code, chosen, seen)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     check()
-    least = min(reached[r] for r in REQUIRED_COMMANDS)
-    with capsys.disabled():
-        print(f"\nvalidate on mutated commands files: {dict(counts)}, each class in >= {least}")
-    assert set(kinds) == set(COMMANDS_MUTATIONS), f"mutations never drawn: {kinds}"
-    assert least > 0, f"never reached: {sorted(REQUIRED_COMMANDS - set(reached))}"
-    assert counts["accepted"] > 0
+    counts = tally.check("mutated commands files", COMMANDS_MUTATIONS, REQUIRED_COMMANDS, capsys)
     assert counts["rejected"] > counts["cases"] // 3
