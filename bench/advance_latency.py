@@ -27,7 +27,7 @@ from tests.integration.cluster import Operator, Workers, batch_doc, start_kube_a
 from tests.integration.helpers import probe  # noqa: E402
 from tests.job_runner import JobRunner  # noqa: E402
 
-from sierra_operator.server import LocalPrefectServer  # noqa: E402
+from sierra_operator.local.server import LocalPrefectServer  # noqa: E402
 
 
 async def latencies(api_url: str, uid: str) -> list[float]:

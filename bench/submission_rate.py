@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sierra_operator.job_template import default_kubernetes_template
-from sierra_operator.machine import RunAttempt, SubmitRuns
-from sierra_operator.prefect_api import PrefectBatch
-from sierra_operator.server import LocalPrefectServer
+from sierra_operator.cluster.job_template import default_kubernetes_template
+from sierra_operator.core.machine import RunAttempt, SubmitRuns
+from sierra_operator.local.server import LocalPrefectServer
+from sierra_operator.runs.prefect_api import PrefectBatch
 
 
 async def measure(api_url: str, runs: int) -> tuple[float, float, float]:

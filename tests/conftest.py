@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sierra_operator.server import LocalPrefectServer
+from sierra_operator.local.server import LocalPrefectServer
 from tests.image_env import ImageEnv, missing_tools, start_image_env
 
 

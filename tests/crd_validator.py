@@ -23,8 +23,8 @@ from typing import Any
 import celpy
 import jsonschema
 
-from sierra_operator.crd import render_crd
-from sierra_operator.model import API_VERSION, KIND
+from sierra_operator.cluster.crd import render_crd
+from sierra_operator.core.model import API_VERSION, KIND
 
 INT64 = (-(2**63), 2**63 - 1)
 SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -29,7 +29,7 @@ import bcrypt
 import docker
 import httpx
 
-from sierra_operator.server import free_port
+from sierra_operator.local.server import free_port
 
 BASE_IMAGE = "localhost/busybox:base"
 USER, PASSWORD = "lab", "pw-Zq81-never-logged"

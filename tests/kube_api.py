@@ -78,7 +78,7 @@ import jsonpatch
 import kmock
 from kmock._internal import enums, rendering
 
-from sierra_operator import merge_patch
+from sierra_operator.core import merge_patch
 from tests.job_runner import LOG_PATH_ANNOTATION  # the file holding a pod's output
 
 RESOURCES: dict[str, dict[str, Any]] = {

@@ -20,8 +20,9 @@ import pytest
 import yaml
 from kubernetes_asyncio.client import ApiClient
 
-from sierra_operator import __version__, rbac
-from sierra_operator.settings import OperatorSettings
+from sierra_operator import __version__
+from sierra_operator.cluster import rbac
+from sierra_operator.cluster.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sierra-operator"
@@ -279,7 +280,7 @@ def test_read_only_containers_write_only_to_their_volumes() -> None:
 def test_one_non_root_user_across_image_chart_and_worker_pods() -> None:
     """The Dockerfile's user owns the image's HOME; the chart's pods and the worker pods the
     operator renders must run as that same uid."""
-    from sierra_operator.manifests import RUN_AS_USER
+    from sierra_operator.cluster.manifests import RUN_AS_USER
 
     dockerfile = (REPO / "Dockerfile").read_text()
     assert f"USER {RUN_AS_USER}:{RUN_AS_USER}" in dockerfile

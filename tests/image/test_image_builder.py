@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sierra_operator.image_builder import ImageError, build_and_push
-from sierra_operator.images import RegistryAuth
-from sierra_operator.model import ImageSpec
-from sierra_operator.registry import ImageNotFound, RegistryUnreachable, resolve_digest
-from sierra_operator.server import free_port
+from sierra_operator.core.model import ImageSpec
+from sierra_operator.images.builder import ImageError, build_and_push
+from sierra_operator.images.registry import ImageNotFound, RegistryUnreachable, resolve_digest
+from sierra_operator.images.spec import RegistryAuth
+from sierra_operator.local.server import free_port
 from tests.image_env import BASE_IMAGE, PASSWORD, USER, ImageEnv
 
 pytestmark = pytest.mark.image

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import yaml
 
-from sierra_operator.server import ManagedProcess, free_port
+from sierra_operator.local.server import ManagedProcess, free_port
 from tests.integration.helpers import inline_batch
 from tests.kube_api import AUDIT_FILE
 
@@ -197,7 +197,7 @@ class Operator:
             env["DOCKER_HOST"] = self.docker_host
         if via_kopf:
             argv = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces"]
-            argv += ["-m", "sierra_operator.handlers"]
+            argv += ["-m", "sierra_operator.cluster.handlers"]
         else:
             argv = [sys.executable, "-m", "sierra_operator.cli", "run"]
             argv += ["--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sierra_operator.server import LocalPrefectServer, free_port
+from sierra_operator.local.server import LocalPrefectServer, free_port
 from tests.integration.cluster import (
     KubeAPI,
     Operator,

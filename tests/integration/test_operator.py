@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sierra_operator import rbac
-from sierra_operator.server import free_port
+from sierra_operator.cluster import rbac
+from sierra_operator.local.server import free_port
 from tests.image_env import BASE_IMAGE, PASSWORD, ImageEnv, missing_tools
 from tests.integration.cluster import (
     OPERATOR_USER,
@@ -511,9 +511,10 @@ def test_a_killed_pod_is_noticed_and_its_run_retried(kube, jobs, operator, worke
 def test_rbac_allows_every_call_the_operator_and_workers_make(
     kube, jobs, operator, workers, tmp_module
 ):
-    """The emulator's audit log (one identity per kubeconfig token) against sierra_operator.rbac:
-    what the chart's ClusterRole grants the operator, and what the per-batch Role grants the
-    worker. This test runs a small batch to completion itself, so it holds on its own too."""
+    """The emulator's audit log (one identity per kubeconfig token) against
+    sierra_operator.cluster.rbac: what the chart's ClusterRole grants the operator, and what the
+    per-batch Role grants the worker. This test runs a small batch to completion itself, so it
+    holds on its own too."""
     mount = tmp_module / "root-rbac"
     kube.create_secret("lab-c", "pullcred", json.dumps({"auths": {"localhost:5001": {"auth": ""}}}))
     doc = batch_doc("audited", mount, [[probe(0.2)], [probe(0.2)]])

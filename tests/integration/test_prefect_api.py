@@ -9,7 +9,7 @@ import pytest
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
-from sierra_operator.prefect_api import PrefectBatch
+from sierra_operator.runs.prefect_api import PrefectBatch
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +48,8 @@ def test_observations_on_the_real_server_never_fail_a_completed_run(
     (a run read RUNNING is read again and then seen to end)."""
     from prefect.states import Completed, Crashed, Running
 
-    from sierra_operator import ledger
-    from sierra_operator.machine import RunAttempt, RunPhase, SubmitRuns
+    from sierra_operator.core.machine import RunAttempt, RunPhase, SubmitRuns
+    from sierra_operator.runs import ledger
 
     batch = PrefectBatch(
         prefect_api_url,
@@ -103,7 +103,7 @@ def test_observe_reads_only_runs_that_may_still_change(prefect_api_url: str, tmp
     driver (a new PrefectBatch) reads everything once and sees the same."""
     from prefect.states import Completed, Running
 
-    from sierra_operator.machine import RunAttempt, RunPhase, SubmitRuns
+    from sierra_operator.core.machine import RunAttempt, RunPhase, SubmitRuns
 
     ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
     batch = PrefectBatch(*ids)
@@ -137,3 +137,33 @@ def test_observe_reads_only_runs_that_may_still_change(prefect_api_url: str, tmp
     assert sum(o.phase is RunPhase.SUCCEEDED for o in seen.values()) == 9
     assert seen[("e0", 9)].phase is RunPhase.RUNNING
     assert fresh == seen, "a restarted driver reads everything once and agrees"
+
+
+def test_a_deployment_from_an_older_module_path_is_repointed(prefect_api_url: str) -> None:
+    """An operator upgrade may move the flow's module (the package tree changed once): a batch
+    provisioned by the older version keeps its deployment, and a restarted operator that only
+    looks it up must point it at this version's flow, or every run created afterwards fails
+    to import its flow in the new image."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    from sierra_operator.core import names
+
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
+    batch = PrefectBatch(*ids)
+
+    async def scenario() -> tuple[str | None, str | None]:
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        made = await batch.ensure_deployment("/tmp")
+        async with batch.client() as client:
+            old = DeploymentUpdate(entrypoint="sierra_operator.flows.run_experiment")
+            await client.update_deployment(made, old)
+            before = (await client.read_deployment(made)).entrypoint
+            restarted = PrefectBatch(*ids)
+            assert await restarted.resolve_deployment() == made
+            after = (await client.read_deployment(made)).entrypoint
+        await batch.cleanup()
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert before == "sierra_operator.flows.run_experiment"
+    assert after == names.FLOW_ENTRYPOINT == "sierra_operator.runs.flows.run_experiment"

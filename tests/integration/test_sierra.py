@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sierra_operator.sierra_execenv import plugin_path
+from sierra_operator.sierra.execenv import plugin_path
 from tests.integration.helpers import assert_only_sierra_outputs, status
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from sierra_operator import loader
 from sierra_operator.cli import EXIT_UNEXPECTED, main
-from sierra_operator.model import MAX_EXPERIMENTS, SpecError, parse_batch
+from sierra_operator.core.model import MAX_EXPERIMENTS, SpecError, parse_batch
+from sierra_operator.inputs import loader
 
 pytestmark = pytest.mark.unit
 

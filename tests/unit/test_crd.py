@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sierra_operator.crd import render_crd, render_crd_yaml
-from sierra_operator.model import SpecError, parse_batch
+from sierra_operator.cluster.crd import render_crd, render_crd_yaml
+from sierra_operator.core.model import SpecError, parse_batch
 from tests.crd_validator import crd_errors, spec_schema
 
 pytestmark = pytest.mark.unit

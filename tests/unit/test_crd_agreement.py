@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sierra_operator.model import API_VERSION, COMMAND_PATTERN, KIND, SpecError, parse_batch
+from sierra_operator.core.model import API_VERSION, COMMAND_PATTERN, KIND, SpecError, parse_batch
 from tests.crd_validator import crd_errors, spec_schema
 
 pytestmark = pytest.mark.unit

@@ -19,19 +19,22 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, State, StateType, TaskRun
 
-from sierra_operator import ledger
-from sierra_operator.job_template import default_kubernetes_template, render_base_job_template
-from sierra_operator.machine import RunObservation, RunPhase, decide
-from sierra_operator.model import (
+from sierra_operator.cluster.job_template import (
+    default_kubernetes_template,
+    render_base_job_template,
+)
+from sierra_operator.cluster.reconciler import MAX_RUN_EVENTS, failure_events
+from sierra_operator.core.machine import RunObservation, RunPhase, decide
+from sierra_operator.core.model import (
     BatchStatus,
     ExecutionSpec,
     FailedRun,
     RunCounts,
     SierraBatchSpec,
 )
-from sierra_operator.plan import Plan, PlannedExperiment, PlannedRun
-from sierra_operator.prefect_api import flow_run_observations
-from sierra_operator.reconciler import MAX_RUN_EVENTS, failure_events
+from sierra_operator.core.plan import Plan, PlannedExperiment, PlannedRun
+from sierra_operator.runs import ledger
+from sierra_operator.runs.prefect_api import flow_run_observations
 
 pytestmark = pytest.mark.unit
 

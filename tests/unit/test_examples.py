@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sierra_operator.model import parse_batch
+from sierra_operator.core.model import parse_batch
 from tests.crd_validator import crd_errors
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from sierra_operator.images import (
+from sierra_operator.core.model import ImageSpec
+from sierra_operator.images.spec import (
     RegistryAuth,
     build_hash,
     digest_in,
@@ -21,7 +22,6 @@ from sierra_operator.images import (
     registry_of,
     tail,
 )
-from sierra_operator.model import ImageSpec
 
 pytestmark = pytest.mark.unit
 

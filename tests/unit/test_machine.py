@@ -6,15 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sierra_operator.machine import (
+from sierra_operator.core.machine import (
     RunAttempt,
     RunObservation,
     RunPhase,
     SubmitRuns,
     decide,
 )
-from sierra_operator.model import BatchPhase, BatchStatus, ExecutionSpec, ExperimentPhase
-from sierra_operator.plan import Plan, PlannedExperiment, PlannedRun
+from sierra_operator.core.model import BatchPhase, BatchStatus, ExecutionSpec, ExperimentPhase
+from sierra_operator.core.plan import Plan, PlannedExperiment, PlannedRun
 
 pytestmark = pytest.mark.unit
 

@@ -11,16 +11,19 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 from prefect_kubernetes.worker import KubernetesWorker
 
-from sierra_operator.job_template import default_kubernetes_template, render_base_job_template
-from sierra_operator.manifests import (
+from sierra_operator.cluster.job_template import (
+    default_kubernetes_template,
+    render_base_job_template,
+)
+from sierra_operator.cluster.manifests import (
     BatchRef,
     WorkerConfig,
     render_children,
     render_pvc,
     render_worker_deployment,
 )
-from sierra_operator.model import SierraBatchSpec
-from sierra_operator.rbac import WORKER_RULES
+from sierra_operator.cluster.rbac import WORKER_RULES
+from sierra_operator.core.model import SierraBatchSpec
 
 pytestmark = pytest.mark.unit
 

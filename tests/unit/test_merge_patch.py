@@ -12,9 +12,9 @@ import httpx
 import kmock
 import pytest
 
-from sierra_operator import merge_patch
-from sierra_operator.model import BatchPhase, BatchStatus, Condition, ImageStatus
-from sierra_operator.reconciler import read_status, status_document, status_patch
+from sierra_operator.cluster.reconciler import read_status, status_document, status_patch
+from sierra_operator.core import merge_patch
+from sierra_operator.core.model import BatchPhase, BatchStatus, Condition, ImageStatus
 from tests.kube_api import (
     JSON_PATCH,
     MERGE_PATCH,

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sierra_operator.loader import load_plan, plan_from_commands_file
-from sierra_operator.model import SpecError, parse_batch
-from sierra_operator.plan import (
+from sierra_operator.core.model import SpecError, parse_batch
+from sierra_operator.core.plan import (
     PlanError,
     plan_from_batch_commands,
     plan_from_experiment_commands,
@@ -16,6 +15,7 @@ from sierra_operator.plan import (
     plan_to_json,
     sierra_order_key,
 )
+from sierra_operator.inputs.loader import load_plan, plan_from_commands_file
 
 pytestmark = pytest.mark.unit
 
@@ -180,7 +180,7 @@ def test_published_plan_round_trips_and_bad_text_is_a_plan_error():
 
 
 def test_plan_key_is_kept_for_the_same_file_and_new_for_another():
-    from sierra_operator.names import plan_key
+    from sierra_operator.core.names import plan_key
 
     first = plan_key("proj/batch", 3)
     assert plan_key("proj/batch", 7, previous=first) == first, "spec changes keep the plan"

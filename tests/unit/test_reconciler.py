@@ -8,10 +8,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sierra_operator.idle import needs_reconcile
-from sierra_operator.model import BatchPhase, BatchStatus, Condition, SpecError, parse_batch
-from sierra_operator.reconciler import batch_prefect, read_status, reconcile, status_document
-from sierra_operator.settings import OperatorSettings
+from sierra_operator.cluster.reconciler import (
+    batch_prefect,
+    read_status,
+    reconcile,
+    status_document,
+)
+from sierra_operator.cluster.settings import OperatorSettings
+from sierra_operator.core.idle import needs_reconcile
+from sierra_operator.core.model import BatchPhase, BatchStatus, Condition, SpecError, parse_batch
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -211,8 +216,8 @@ def test_needs_reconcile_without_generation_ticks():
 def test_workers_scaled_on_suspend_transitions_only(
     monkeypatch, previous, spec_suspend, phase, previous_generation, scaled
 ):
-    from sierra_operator import kube, reconciler
-    from sierra_operator.manifests import BatchRef
+    from sierra_operator.cluster import kube, reconciler
+    from sierra_operator.cluster.manifests import BatchRef
 
     calls: list[tuple[str, str, int]] = []
 
@@ -266,10 +271,10 @@ def test_a_retry_waiting_for_the_previous_attempts_job_says_which(monkeypatch):
     import uuid
     from types import SimpleNamespace
 
-    from sierra_operator import kube
-    from sierra_operator.machine import RunAttempt, SubmitRuns
-    from sierra_operator.prefect_api import PrefectBatch
-    from sierra_operator.reconciler import _previous_attempts_left
+    from sierra_operator.cluster import kube
+    from sierra_operator.cluster.reconciler import _previous_attempts_left
+    from sierra_operator.core.machine import RunAttempt, SubmitRuns
+    from sierra_operator.runs.prefect_api import PrefectBatch
 
     asked: list[str] = []
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from sierra_operator import cli
-from sierra_operator.model import BatchStatus, FailedRun, RunCounts, parse_batch
-from sierra_operator.sierra_execenv import (
+from sierra_operator.core.model import BatchStatus, FailedRun, RunCounts, parse_batch
+from sierra_operator.sierra.execenv import (
     BATCH_FILE,
     Stage2Failed,
     Stage2Options,

@@ -1,0 +1,90 @@
+"""Every name the project gives things on Prefect and on disk: one place, so they never drift."""
+
+from __future__ import annotations
+
+import hashlib
+
+DEFAULT_LOCAL_POOL = "sierra-pool"
+DEFAULT_QUEUE = "sierra-queue"
+DEPLOYMENT_NAME = "sierra-run"
+EXPERIMENT_FLOW_NAME = "sierra-experiment"
+FLOW_ENTRYPOINT = "sierra_operator.runs.flows.run_experiment"
+PLAN_DEPLOYMENT_NAME = "sierra-plan"
+PLAN_FLOW_NAME = "sierra-plan"
+PLAN_FLOW_ENTRYPOINT = "sierra_operator.runs.flows.plan_batch"
+RUN_TASK_NAME = "sierra-run"
+MANAGED_BY = "sierra-operator"
+
+# Directory under a batch root (inside SIERRA's scratch/) that holds what we write:
+# per-run stdout/stderr and result records, and the batch status file.
+STATE_DIR = "scratch/sierra-operator"
+STATUS_FILE = "status.json"
+
+
+def plan_key(commands_file: str, generation: int | None, previous: str | None = None) -> str:
+    """Names one planning of ``commands_file``: ``previous`` while it is of the same file (a
+    plan is kept across spec changes), else a new one for this generation."""
+    prefix = hashlib.sha256(commands_file.encode()).hexdigest()[:12] + "-g"
+    if previous is not None and previous.startswith(prefix):
+        return previous
+    return f"{prefix}{generation or 0}"
+
+
+def plan_artifact_key(batch_id: str, key: str) -> str:
+    """Key of the artifact the planning flow run publishes (lowercase, digits, dashes)."""
+    return f"sierra-plan-{batch_id.lower()}-{key}"
+
+
+def batch_tag(batch_id: str) -> str:
+    """Prefect tag on every flow and task run of one batch."""
+    return f"sierra-batch:{batch_id}"
+
+
+def experiment_tag(experiment: str) -> str:
+    """Prefect tag naming the experiment of a flow or task run."""
+    return f"sierra-experiment:{experiment}"
+
+
+def run_tag(index: int) -> str:
+    """Prefect tag naming the run index of a task run."""
+    return f"sierra-run:{index}"
+
+
+def run_task_run_name(experiment: str, index: int, attempt: int) -> str:
+    """Task run name in Prefect's UI and logs: experiment/run index/attempt."""
+    return f"{experiment}/run{index}/attempt{attempt}"
+
+
+def wave_flow_run_name(experiment: str, first_attempt: int) -> str:
+    """Flow run name of one wave of an experiment."""
+    return f"{experiment}-try{first_attempt}"
+
+
+def pool_description(batch_id: str) -> str:
+    """Description that marks a work pool as created by (and only deletable by) this batch."""
+    return f"{MANAGED_BY}: created for batch {batch_id}; deleted when it ends"
+
+
+# ----------------------------------------------------------------------------- Kubernetes
+
+BATCH_LABEL = "sierra.research.io/batch"
+
+
+def worker_name(batch: str) -> str:
+    """ServiceAccount, Role, RoleBinding and Deployment of a batch's Prefect workers."""
+    return f"{batch}-worker"
+
+
+def sierra_root_claim(batch: str) -> str:
+    """PVC the operator creates for a batch's sierra-root."""
+    return f"{batch}-sierra-root"
+
+
+def cluster_pool(namespace: str, batch: str) -> str:
+    """Work pool of one batch in the cluster: unique per namespace/name (many users, one server)."""
+    return f"sierra-{namespace}-{batch}"[:100]
+
+
+def worker_start_args(pool: str, queue: str, worker_type: str) -> list[str]:
+    """`prefect worker start` arguments (after `prefect`) for one batch's pool and queue."""
+    return ["worker", "start", "--pool", pool, "--work-queue", queue, "--type", worker_type]

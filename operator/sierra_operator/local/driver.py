@@ -1,0 +1,330 @@
+"""`sierra-operator local`: run a batch on this machine with the same engine as the operator.
+
+Wiring only: load and validate the batch (before anything starts), start a private Prefect
+server (or use ``--prefect-api-url``), create pool/queue/deployment, start process workers,
+then loop: observe Prefect (+ run records for ``--resume``) -> :func:`machine.decide` ->
+submit -> show progress. On Ctrl-C/SIGTERM it cancels its flow runs, stops its own
+processes and records the batch as Interrupted; finished runs keep their records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from sierra_operator.core import names
+from sierra_operator.core.machine import Decision, RunObservation, RunPhase, decide, set_condition
+from sierra_operator.core.model import BatchPhase, BatchStatus, Condition, ImageStatus
+from sierra_operator.inputs.loader import LoadedBatch
+from sierra_operator.local.progress import ProgressView, summary_table
+from sierra_operator.local.server import (
+    LocalPrefectServer,
+    ManagedProcess,
+    health_ok,
+    process_worker,
+)
+from sierra_operator.runs import ledger
+from sierra_operator.runs.prefect_api import PrefectBatch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_RUNS_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class LocalError(RuntimeError):
+    """Local mode could not run the batch (server, workers, pool); the message says why."""
+
+
+@dataclass
+class LocalOptions:
+    """Command-line choices of `sierra-operator local`."""
+
+    sierra_root: Path
+    prefect_api_url: str | None = None
+    pool: str | None = None
+    queue: str | None = None
+    workers: int | None = None
+    resume: bool = False
+    server_timeout: float = 300.0
+    poll_interval: float = 0.25
+
+
+@dataclass
+class LocalResult:
+    """How the batch ended."""
+
+    status: BatchStatus
+    failed_runs: tuple[tuple[str, int], ...]
+    exit_code: int
+    status_file: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def batch_identity(name: str) -> str:
+    """Unique id of one invocation: tags its flow runs, names its deployment and workers."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def with_resumed(
+    observed: dict[tuple[str, int], RunObservation], resumed: set[tuple[str, int]]
+) -> dict[tuple[str, int], RunObservation]:
+    """Runs recorded as succeeded by an earlier invocation count as succeeded now."""
+    merged = {key: RunObservation(RunPhase.SUCCEEDED, 1) for key in resumed}
+    merged.update(observed)
+    return merged
+
+
+class LocalRun:
+    """One invocation of local mode; owns exactly the processes and Prefect objects it makes."""
+
+    def __init__(
+        self, loaded: LoadedBatch, opts: LocalOptions, console: Console, home: Path | None = None
+    ) -> None:
+        self.loaded = loaded
+        self.opts = opts
+        self.console = console
+        spec = loaded.batch.spec
+        self.batch_id = batch_identity(loaded.batch.metadata.name)
+        self.home = home or Path(tempfile.mkdtemp(prefix="sierra-operator-prefect-"))
+        self.server: LocalPrefectServer | None = None
+        self.workers: list[ManagedProcess] = []
+        self.prefect: PrefectBatch | None = None
+        self.pool = opts.pool or spec.prefect.work_pool or names.DEFAULT_LOCAL_POOL
+        self.queue = opts.queue or spec.prefect.work_queue or names.DEFAULT_QUEUE
+        self.n_workers = opts.workers or spec.execution.workers
+        self.status = BatchStatus(phase=BatchPhase.PENDING, work_pool=self.pool)
+        self.timings: dict[str, float] = {}
+        self._loop = asyncio.new_event_loop()
+
+    def _await(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_prefect(self, view: ProgressView) -> str:
+        """Our own server on a free port, or the given one (checked before use)."""
+        if self.opts.prefect_api_url:
+            url = self.opts.prefect_api_url.rstrip("/")
+            if not health_ok(url):
+                raise LocalError(
+                    f"--prefect-api-url {url} does not answer /health; start the server or "
+                    "drop the option to let local mode start its own"
+                )
+            return url
+        t0 = time.monotonic()
+        self.server = LocalPrefectServer(self.home)
+        view.note(f"starting a Prefect server on {self.server.api_url} (PREFECT_HOME={self.home})")
+        self.server.start()
+        self.server.wait_ready(self.opts.server_timeout)
+        self.timings["server_start"] = time.monotonic() - t0
+        view.note(f"Prefect server ready in {self.timings['server_start']:.1f}s")
+        return self.server.api_url
+
+    def build_image(self, view: ProgressView) -> None:
+        """``spec.image.build`` in local mode: build and push with DOCKER_HOST's engine and
+        your `docker login` credentials, before anything else starts (runs here do not use
+        the image: this prepares it for the cluster). The digest goes into status.json."""
+        from sierra_operator.images.builder import ImageError, build_and_push
+        from sierra_operator.images.spec import build_hash, is_directory_context
+
+        image = self.loaded.batch.spec.image
+        assert image is not None and image.build is not None
+        context = image.build.context
+        if is_directory_context(context):
+            local = (self.loaded.workdir / context).resolve()
+            image = image.model_copy(
+                update={"build": image.build.model_copy(update={"context": str(local)})}
+            )
+        t0 = time.monotonic()
+        try:
+            pushed = build_and_push(image, os.environ.get("DOCKER_HOST"), None, None, view.note)
+        except ImageError as exc:
+            raise LocalError(f"image: {exc}") from None
+        self.timings["image_build"] = time.monotonic() - t0
+        self.status = self.status.model_copy(
+            update={
+                "image": ImageStatus(
+                    ref=pushed.ref, digest=pushed.digest, build_hash=build_hash(image)
+                )
+            }
+        )
+
+    def provision(self, api_url: str) -> None:
+        """Pool, queue, deployment, then the workers."""
+        from prefect.workers.process import ProcessWorker
+
+        self.prefect = PrefectBatch(
+            api_url, self.batch_id, self.pool, self.queue, read_records=True
+        )
+        template = ProcessWorker.get_default_base_job_template()
+        self._await(self.prefect.ensure_pool(template))
+        self._await(self.prefect.ensure_deployment(str(self.loaded.workdir)))
+        log_dir = ledger.state_dir(self.loaded.batch_root) / "workers"
+        for i in range(self.n_workers):
+            worker = process_worker(
+                self.home, api_url, self.pool, self.queue, f"{self.batch_id}-w{i}", log_dir
+            )
+            worker.start()
+            self.workers.append(worker)
+
+    def check_workers(self) -> None:
+        """Fail clearly if every worker died (nothing would ever run)."""
+        if self.workers and not any(w.running() for w in self.workers):
+            tail = self.workers[0].log_tail()
+            raise LocalError(f"all Prefect workers exited; the first one's log ends:\n{tail}")
+
+    def tick(self, resumed: set[tuple[str, int]]) -> Decision:
+        """Observe, decide, act: one turn of the loop."""
+        assert self.prefect is not None
+        spec = self.loaded.batch.spec
+        observed = with_resumed(self._await(self.prefect.observe()), resumed)
+        decision = decide(
+            spec.execution,
+            self.loaded.plan,
+            observed,
+            self.status,
+            datetime.now(UTC),
+            suspend=False,
+        )
+        for action in decision.actions:
+            self._await(
+                self.prefect.submit(
+                    action,
+                    {
+                        "batch_id": self.batch_id,
+                        "batch_root": str(self.loaded.batch_root),
+                        "workdir": str(self.loaded.workdir),
+                        "parallelism": spec.execution.parallelism,
+                        "timeout_seconds": spec.execution.run_timeout_seconds,
+                        # SIERRA batches: nothing of ours under exp-outputs/
+                        "run_output": spec.experiments is not None,
+                    },
+                )
+            )
+        if decision.status != self.status:
+            self.status = decision.status
+            ledger.write_status(self.loaded.batch_root, self.status)
+        return decision
+
+    def interrupt(self) -> None:
+        """Cancel our flow runs and record the batch as Interrupted (records stay)."""
+        if self.prefect is not None:
+            try:
+                left = self._await(self.prefect.cancel_active())
+                if left:
+                    self.console.print(f"{left} flow run(s) did not confirm cancellation")
+            except Exception as exc:  # the server may be the thing that died
+                self.console.print(f"could not cancel flow runs: {exc}", markup=False)
+        now = datetime.now(UTC)
+        self.status = self.status.model_copy(
+            update={
+                "phase": BatchPhase.INTERRUPTED,
+                "message": "interrupted; run again with --resume to finish it",
+                "conditions": set_condition(
+                    self.status.conditions,
+                    Condition(
+                        type="Complete",
+                        status="False",
+                        reason="Interrupted",
+                        message="interrupted by a signal; --resume re-runs only unfinished runs",
+                    ),
+                    now,
+                ),
+                "finished_at": now,
+            }
+        )
+        ledger.write_status(self.loaded.batch_root, self.status)
+
+    def shutdown(self) -> None:
+        """Stop what we started, in order: workers, Prefect objects, server, temp home."""
+        for worker in self.workers:
+            worker.stop()
+        if self.prefect is not None and (self.server is None or self.server.running()):
+            try:
+                self._await(self.prefect.cleanup())
+            except Exception as exc:
+                self.console.print(
+                    f"could not delete the work pool/deployment: {exc}", markup=False
+                )
+        if self.server is not None:
+            self.server.stop()
+        self._loop.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> LocalResult:
+        """Execute the batch; returns when it ends, raises LocalError on infrastructure failure."""
+        plan = self.loaded.plan
+        resumed: set[tuple[str, int]] = set()
+        if self.opts.resume:
+            resumed = set(ledger.succeeded_runs(self.loaded.batch_root, plan))
+        view = ProgressView(self.console, plan.total_runs)
+        previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        decision: Decision | None = None
+        try:
+            view.note(
+                f"batch {self.loaded.batch.metadata.name}: {len(plan.experiments)} experiments, "
+                f"{plan.total_runs} runs; records under {ledger.state_dir(self.loaded.batch_root)}"
+            )
+            if resumed:
+                view.note(f"--resume: {len(resumed)} run(s) already succeeded, not re-run")
+            image = self.loaded.batch.spec.image
+            if image is not None and image.build is not None:
+                self.build_image(view)
+            api_url = self.start_prefect(view)
+            t0 = time.monotonic()
+            self.provision(api_url)
+            self.timings["provisioning"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            while True:
+                decision = self.tick(resumed)
+                view.update(decision.status)
+                if decision.done and not decision.actions:
+                    break
+                self.check_workers()
+                time.sleep(self.opts.poll_interval)
+            self.timings["execution"] = time.monotonic() - t0
+            # Runs are final; let their flow runs report themselves before workers stop.
+            if self.prefect is not None:
+                self._await(self.prefect.wait_idle())
+        except KeyboardInterrupt:
+            view.close()
+            self.console.print("interrupted: cancelling runs and stopping what local mode started")
+            self.interrupt()
+            return LocalResult(self.status, (), EXIT_INTERRUPTED, self._status_path(), self.timings)
+        finally:
+            view.close()
+            signal.signal(signal.SIGTERM, previous_term)
+            self.shutdown()
+        self.console.print(summary_table(decision.status, decision.failed_runs))
+        code = EXIT_OK if decision.status.phase is BatchPhase.SUCCEEDED else EXIT_RUNS_FAILED
+        return LocalResult(
+            decision.status, decision.failed_runs, code, self._status_path(), self.timings
+        )
+
+    def _status_path(self) -> Path:
+        return ledger.state_dir(self.loaded.batch_root) / names.STATUS_FILE
+
+
+def run_local(
+    loaded: LoadedBatch, opts: LocalOptions, console: Console | None = None
+) -> LocalResult:
+    """Run a loaded batch in local mode."""
+    return LocalRun(loaded, opts, console or Console()).run()

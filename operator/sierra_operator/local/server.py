@@ -1,0 +1,188 @@
+"""Processes local mode starts: its own Prefect server and process workers.
+
+Unlike SIERRA's plugin (``sleep 10``, port 4200, ``killall prefect``) the server gets a free
+port, a private PREFECT_HOME, a readiness check with a deadline and a clear error, and only
+the processes started here are ever stopped (each in its own process group).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sierra_operator.core import names
+
+
+class ServerStartError(RuntimeError):
+    """The Prefect server exited or did not answer in time."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prefect_environment(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """Environment for Prefect processes we start: private home, no telemetry, no UI."""
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_PROFILES_PATH=str(home / "profiles.toml"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_CLI_PROMPT="false",
+    )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    else:
+        env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        with path.open(errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines)).rstrip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group, with its output in a log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        """Start it detached from our terminal's Ctrl-C, so we control the shutdown order."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def running(self) -> bool:
+        """True while the process has not exited."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM its process group, then SIGKILL after ``grace`` seconds; only ours."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait)
+                # Children (flow-run processes) may outlive the leader: end the group.
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def log_tail(self) -> str:
+        """Last lines of its log, for error messages."""
+        return _tail(self.log_path)
+
+
+def prefect_cli() -> list[str]:
+    """Command prefix running the Prefect CLI of this very interpreter."""
+    return [sys.executable, "-m", "prefect"]
+
+
+class LocalPrefectServer(ManagedProcess):
+    """`prefect server start` on 127.0.0.1:<free port> with its own PREFECT_HOME."""
+
+    def __init__(self, home: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        super().__init__(
+            name="prefect-server",
+            argv=[
+                *prefect_cli(),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=prefect_environment(home),
+            log_path=home / "server.log",
+        )
+
+    @property
+    def api_url(self) -> str:
+        """The API URL clients and workers use."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll /api/health until it answers; fail clearly on exit or after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise ServerStartError(
+                    f"the Prefect server exited with code {self.proc and self.proc.returncode} "
+                    f"before answering on {self.api_url}; its log ({self.log_path}) ends:\n"
+                    f"{self.log_tail()}"
+                )
+            if health_ok(self.api_url):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise ServerStartError(
+            f"the Prefect server did not answer {self.api_url}/health within {timeout:.0f}s; "
+            f"raise --server-timeout on a slow machine, or use an existing server with "
+            f"--prefect-api-url. Its log ({self.log_path}) ends:\n{self.log_tail()}"
+        )
+
+
+def health_ok(api_url: str) -> bool:
+    """True if the Prefect API at ``api_url`` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def process_worker(
+    home: Path, api_url: str, pool: str, queue: str, name: str, log_dir: Path
+) -> ManagedProcess:
+    """A Prefect process worker polling ``pool``/``queue`` every second."""
+    env = prefect_environment(home, api_url)
+    env.update(
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="1",
+        PREFECT_LOGGING_LEVEL=env.get("PREFECT_LOGGING_LEVEL", "INFO"),
+    )
+    return ManagedProcess(
+        name=name,
+        argv=[*prefect_cli(), *names.worker_start_args(pool, queue, "process"), "--name", name],
+        env=env,
+        log_path=log_dir / f"{name}.log",
+    )

@@ -1,0 +1,590 @@
+"""Prefect adapter: work pool, queue, deployment, flow runs, and run observations.
+
+Translates the machine's actions into Prefect API calls and Prefect's flow/task run states
+into :class:`~sierra_operator.core.machine.RunObservation` values. Holds no decisions. Talks to
+an explicit API URL (never the user's profile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterTags,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.states import Cancelling
+
+from sierra_operator.core import names
+from sierra_operator.core.machine import RunAttempt, RunKey, RunObservation, RunPhase, SubmitRuns
+from sierra_operator.core.plan import PlannedRun
+from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
+
+log = logging.getLogger(__name__)
+
+PAGE = 200
+FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+TASK_PHASES = {
+    StateType.COMPLETED: RunPhase.SUCCEEDED,
+    StateType.FAILED: RunPhase.FAILED,
+    StateType.CRASHED: RunPhase.FAILED,
+    StateType.CANCELLED: RunPhase.FAILED,
+    StateType.RUNNING: RunPhase.RUNNING,
+}
+
+
+class PoolConflict(RuntimeError):
+    """The work pool name is taken by a pool this batch did not create."""
+
+
+def _run_index(task_run: TaskRun) -> int | None:
+    prefix = names.run_tag(0)[:-1]
+    for tag in task_run.tags:
+        if tag.startswith(prefix):
+            return int(tag[len(prefix) :])
+    return None
+
+
+def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
+    return obj.state.type if obj.state is not None else None
+
+
+RecordLookup = Callable[[str, str, int], RunRecord | None]
+"""(batch root, experiment, run index) -> the run's durable record, if readable here."""
+
+FLOW_PHASES = {
+    StateType.COMPLETED: RunPhase.SUCCEEDED,
+    StateType.FAILED: RunPhase.FAILED,
+    StateType.CRASHED: RunPhase.FAILED,
+    StateType.CANCELLED: RunPhase.FAILED,
+    StateType.RUNNING: RunPhase.RUNNING,
+    StateType.CANCELLING: RunPhase.RUNNING,
+}
+REASON_CHARS = 800
+_MESSAGE_PREFIXES = (
+    "Flow run encountered an exception: ",
+    "Task run encountered an exception ",
+    "Task run encountered an exception: ",
+    "RunFailed: ",
+    "AttemptRefused: ",
+)
+
+
+def ledger_lookup(batch_root: str, experiment: str, index: int) -> RunRecord | None:
+    """The run's durable record on this machine's view of sierra-root (local mode)."""
+    return read_record(Path(batch_root), experiment, index)
+
+
+def _is_single_run(fr: FlowRun) -> bool:
+    """A flow run that executes exactly one run (the cluster's shape: one Job per run)."""
+    return any(tag.startswith(names.run_tag(0)[:-1]) for tag in fr.tags)
+
+
+def failure_reason(message: str | None, experiment: str, index: int, fallback: str) -> str:
+    """A state message as a run's failure reason: Prefect's and our prefixes removed, short."""
+    text = (message or "").strip()
+    changed = True
+    while changed:
+        changed = False
+        for prefix in (*_MESSAGE_PREFIXES, f"{experiment}/run{index} "):
+            if text.startswith(prefix):
+                text, changed = text[len(prefix) :].lstrip(), True
+    text = text or fallback
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+def flow_run_observations(
+    fr: FlowRun, tasks: dict[int, TaskRun], record: RecordLookup | None = None
+) -> tuple[dict[RunKey, tuple[int, RunObservation]], bool]:
+    """Each run of one flow run, and whether these observations are settled for good.
+
+    A final flow run never turns a run into a failure through missing or stale task
+    information (task states reach Prefect's database later, through events):
+
+    * a flow run of one run (cluster) is that run: its own state is authoritative;
+    * in a wave, a final task state counts; else a COMPLETED flow run means every run
+      succeeded (the flow raises when one fails); else the durable run record of this
+      attempt settles it; else a crashed or cancelled flow run failed its unfinished runs;
+      anything still unknown stays active and is read again.
+    """
+    flow_state = _state_type(fr)
+    flow_final = flow_state in FINAL_STATES
+    experiment = str(fr.parameters.get("experiment"))
+    batch_root = str(fr.parameters.get("batch_root", ""))
+    single = _is_single_run(fr)
+    out = {}
+    for run in fr.parameters.get("runs", []):
+        index, attempt = int(run["index"]), int(run["attempt"])
+        log = str(run_paths(Path(batch_root), experiment, index)[1]) if batch_root else None
+        obs = _observe_run(fr, tasks.get(index), single, experiment, index, attempt, record)
+        if obs.phase is RunPhase.FAILED:
+            obs = RunObservation(obs.phase, attempt, obs.reason, log)
+        out[(experiment, index)] = (attempt, obs)
+    settled = flow_final and all(
+        obs.phase in (RunPhase.SUCCEEDED, RunPhase.FAILED) for _, obs in out.values()
+    )
+    return out, settled
+
+
+def _observe_run(
+    fr: FlowRun,
+    tr: TaskRun | None,
+    single: bool,
+    experiment: str,
+    index: int,
+    attempt: int,
+    record: RecordLookup | None,
+) -> RunObservation:
+    flow_state = _state_type(fr)
+    flow_message = fr.state.message if fr.state is not None else None
+
+    def failed(message: str | None, fallback: str) -> RunObservation:
+        return RunObservation(
+            RunPhase.FAILED, attempt, failure_reason(message, experiment, index, fallback)
+        )
+
+    if single:
+        phase = FLOW_PHASES.get(flow_state, RunPhase.PENDING) if flow_state else RunPhase.PENDING
+        if phase is RunPhase.FAILED:
+            return failed(flow_message, f"flow run {fr.name} ended {flow_state}")
+        return RunObservation(phase, attempt)
+    task_state = _state_type(tr) if tr is not None else None
+    if task_state in FINAL_STATES:
+        assert tr is not None and tr.state is not None
+        phase = TASK_PHASES[task_state]
+        if phase is RunPhase.FAILED:
+            return failed(tr.state.message, f"task run ended {task_state}")
+        return RunObservation(phase, attempt)
+    if flow_state not in FINAL_STATES:
+        phase = TASK_PHASES.get(task_state, RunPhase.PENDING) if task_state else RunPhase.PENDING
+        return RunObservation(phase, attempt)
+    if flow_state is StateType.COMPLETED:
+        return RunObservation(RunPhase.SUCCEEDED, attempt)
+    rec = record(str(fr.parameters.get("batch_root", "")), experiment, index) if record else None
+    if _record_of(rec, fr, index, attempt):
+        assert rec is not None
+        if rec.succeeded:
+            return RunObservation(RunPhase.SUCCEEDED, attempt)
+        return failed(rec.reason, f"exited {rec.exit_code}")
+    if flow_state in (StateType.CRASHED, StateType.CANCELLED) or record is not None:
+        # The flow run ended under it (crashed, cancelled) or it never wrote its record.
+        return failed(flow_message, f"flow run {fr.name} ended {flow_state} before it finished")
+    return RunObservation(RunPhase.RUNNING, attempt)  # not known yet: read again
+
+
+def _record_of(rec: RunRecord | None, fr: FlowRun, index: int, attempt: int) -> bool:
+    """Whether ``rec`` is the record of this flow run's attempt of run ``index``: same batch
+    (a local invocation counts attempts from 1 again), same attempt, same command."""
+    if rec is None or rec.attempt != attempt or rec.batch_id != fr.parameters.get("batch_id"):
+        return False
+    command = next(
+        (str(r.get("command")) for r in fr.parameters.get("runs", []) if r["index"] == index),
+        None,
+    )
+    return command is not None and rec.command_sha == PlannedRun(index, command).command_sha
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    """Where the planning flow run of one spec generation stands."""
+
+    id: UUID
+    state: str  # "pending", "completed" or "failed"
+    text: str | None
+    message: str
+
+
+@dataclass
+class PrefectBatch:
+    """One batch's objects on one Prefect server."""
+
+    api_url: str
+    batch_id: str
+    pool: str
+    queue: str
+    pool_type: str = "process"
+    concurrency_limit: int | None = None
+    api_key: str | None = field(default=None, repr=False)
+    _key_read_at: float | None = field(default=None, repr=False)
+    deployment_id: UUID | None = None
+    # Flow runs already final, with the observations they gave: never read again.
+    _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
+    # The last observations of every flow run of the batch, and which may still change.
+    _observed: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
+    _unsettled: set[UUID] = field(default_factory=set)
+    _listed: bool = False  # every flow run of the batch read once
+    flow_runs_read: int = 0  # flow runs read by observe() so far (what it costs Prefect)
+    # Which flow run executes (experiment, run, attempt): to stop an attempt for good.
+    attempt_flow_runs: dict[tuple[str, int, int], UUID] = field(default_factory=dict)
+    # Local mode: the run records on sierra-root settle runs whose task state is not known yet.
+    read_records: bool = False
+    # Published plans already read, by plan key: (plan JSON, never changes once published).
+    plans: dict[str, str] = field(default_factory=dict)
+    _plan_runs: dict[str, UUID] = field(default_factory=dict)
+
+    def set_api_key(self, key: str | None) -> None:
+        """Use ``key`` from now on; :meth:`api_key_fresh` says when to read it again."""
+        self.api_key = key
+        self._key_read_at = time.monotonic()
+
+    def api_key_fresh(self, max_age: float = 60.0) -> bool:
+        """Whether the key was read from its Secret less than ``max_age`` seconds ago."""
+        read_at = self._key_read_at
+        return read_at is not None and time.monotonic() - read_at < max_age
+
+    def client(self) -> PrefectClient:
+        """A client bound to this batch's server, independent of any Prefect profile."""
+        return PrefectClient(api=self.api_url, api_key=self.api_key)
+
+    async def ensure_pool(self, base_job_template: dict[str, Any]) -> None:
+        """Create the pool and queue; refuse a same-named pool made by someone else."""
+        async with self.client() as client:
+            try:
+                existing = await client.read_work_pool(self.pool)
+            except ObjectNotFound:
+                existing = None
+            if existing is not None and existing.description != names.pool_description(
+                self.batch_id
+            ):
+                raise PoolConflict(
+                    f"work pool {self.pool!r} already exists on {self.api_url} and was not "
+                    "created by this batch; it is left untouched. Pass --pool NAME (or set "
+                    "spec.prefect.workPool) to use another name."
+                )
+            if existing is None:
+                await client.create_work_pool(
+                    WorkPoolCreate(
+                        name=self.pool,
+                        type=self.pool_type,
+                        description=names.pool_description(self.batch_id),
+                        base_job_template=base_job_template,
+                        concurrency_limit=self.concurrency_limit,
+                    )
+                )
+            try:
+                await client.create_work_queue(name=self.queue, work_pool_name=self.pool)
+            except ObjectAlreadyExists:
+                pass  # made by an earlier reconcile whose status patch did not land
+
+    async def update_base_job_template(self, base_job_template: dict[str, Any]) -> None:
+        """Replace the pool's job template (a rebuilt image: new runs use its digest)."""
+        async with self.client() as client:
+            await client.update_work_pool(
+                self.pool, WorkPoolUpdate(base_job_template=base_job_template)
+            )
+
+    @property
+    def deployment_name(self) -> str:
+        """This batch's deployment of the experiment flow."""
+        return f"{names.DEPLOYMENT_NAME}-{self.batch_id}"
+
+    @property
+    def _deployment_ref(self) -> str:
+        return f"{names.EXPERIMENT_FLOW_NAME}/{self.deployment_name}"
+
+    @property
+    def _plan_deployment_ref(self) -> str:
+        return f"{names.PLAN_FLOW_NAME}/{self.plan_deployment_name}"
+
+    async def resolve_deployment(self) -> UUID:
+        """The deployment id, looked up by name (after an operator restart).
+
+        A deployment made by an operator version whose flow lived at another module path is
+        pointed at this version's flow first: runs created from now on run in this version's
+        image, where the old path does not import."""
+        if self.deployment_id is None:
+            async with self.client() as client:
+                found = await client.read_deployment_by_name(self._deployment_ref)
+                if found.entrypoint != names.FLOW_ENTRYPOINT:
+                    await client.update_deployment(
+                        found.id, DeploymentUpdate(entrypoint=names.FLOW_ENTRYPOINT)
+                    )
+            self.deployment_id = found.id
+        return self.deployment_id
+
+    async def ensure_deployment(self, working_directory: str) -> UUID:
+        """Deployment of the experiment flow, imported by module path in the run process."""
+        from sierra_operator.runs.flows import run_experiment
+
+        async with self.client() as client:
+            self.deployment_id = await self._deploy(
+                client,
+                run_experiment,
+                self.deployment_name,
+                names.FLOW_ENTRYPOINT,
+                working_directory,
+            )
+        return self.deployment_id
+
+    async def _deploy(
+        self,
+        client: PrefectClient,
+        flow: Any,
+        name: str,
+        entrypoint: str,
+        working_directory: str,
+    ) -> UUID:
+        flow_id = await client.create_flow(flow)
+        return await client.create_deployment(
+            flow_id=flow_id,
+            name=name,
+            entrypoint=entrypoint,
+            work_pool_name=self.pool,
+            work_queue_name=self.queue,
+            tags=[names.batch_tag(self.batch_id)],
+            # A pull step keeps `flow-run execute` from copying the cwd around, and sets
+            # where relative paths in commands resolve.
+            pull_steps=[
+                {
+                    "prefect.deployments.steps.set_working_directory": {
+                        "directory": working_directory
+                    }
+                }
+            ],
+            enforce_parameter_schema=False,
+        )
+
+    @property
+    def plan_deployment_name(self) -> str:
+        """This batch's deployment of the planning flow."""
+        return f"{names.PLAN_DEPLOYMENT_NAME}-{self.batch_id}"
+
+    async def plan(self, sierra_root: str, commands_file: str, key: str) -> PlanRun:
+        """The planning flow run named ``key``: created once (idempotency key, so also after a
+        restart), then read by id until it is final; its artifact holds the plan. Its
+        deployment is made here, when a batch first needs one."""
+        from sierra_operator.runs.flows import plan_batch
+
+        async with self.client() as client:
+            run_id = self._plan_runs.get(key)
+            if run_id is not None:
+                run = await client.read_flow_run(run_id)
+            else:
+                deployment_id = await self._deploy(
+                    client,
+                    plan_batch,
+                    self.plan_deployment_name,
+                    names.PLAN_FLOW_ENTRYPOINT,
+                    sierra_root,
+                )
+                run = await client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={
+                        "sierra_root": sierra_root,
+                        "commands_file": commands_file,
+                        "batch_id": self.batch_id,
+                        "plan_key": key,
+                    },
+                    name=f"plan-{key}",
+                    tags=[names.batch_tag(self.batch_id), "sierra-plan"],
+                    idempotency_key=f"{self.batch_id}/plan/{key}",
+                )
+                self._plan_runs[key] = run.id
+            state = _state_type(run)
+            if state is StateType.COMPLETED:
+                artifacts = await client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
+                    ),
+                    limit=1,
+                )
+                text = str(artifacts[0].data) if artifacts else None
+                return PlanRun(run.id, "completed", text, "")
+            if state in FINAL_STATES:
+                message = run.state.message if run.state is not None else ""
+                return PlanRun(run.id, "failed", None, message or str(state))
+            return PlanRun(run.id, "pending", None, "")
+
+    async def _create_run(
+        self,
+        client: PrefectClient,
+        experiment: str,
+        runs: tuple[RunAttempt, ...],
+        parameters: dict[str, Any],
+        *,
+        name: str,
+        tags: list[str],
+        key: str,
+    ) -> UUID:
+        """One flow run of the experiment flow executing ``runs``; ``key`` makes it idempotent."""
+        created = await client.create_flow_run_from_deployment(
+            await self.resolve_deployment(),
+            parameters={
+                **parameters,
+                "experiment": experiment,
+                "runs": [
+                    {"index": r.index, "command": r.command, "attempt": r.attempt} for r in runs
+                ],
+            },
+            name=name,
+            tags=[names.batch_tag(self.batch_id), names.experiment_tag(experiment), *tags],
+            idempotency_key=key,
+        )
+        return created.id
+
+    async def submit(self, action: SubmitRuns, parameters: dict[str, Any]) -> UUID:
+        """Create the flow run of one wave; the idempotency key makes a repeat a no-op."""
+        first_attempt = min(r.attempt for r in action.runs)
+        async with self.client() as client:
+            run_id = await self._create_run(
+                client,
+                action.experiment,
+                action.runs,
+                parameters,
+                name=names.wave_flow_run_name(action.experiment, first_attempt),
+                tags=[],
+                key=hashlib.sha256(f"{self.batch_id}/{action.wave_key}".encode()).hexdigest(),
+            )
+        self._unsettled.add(run_id)
+        return run_id
+
+    async def submit_each(self, action: SubmitRuns, parameters: dict[str, Any]) -> list[UUID]:
+        """One flow run per run of the wave (cluster: each run is its own Job/pod).
+
+        Idempotency keys name batch, experiment, run and attempt, so a restarted operator
+        that re-decides the same wave creates nothing twice.
+        """
+        async with self.client() as client:
+            ids = [
+                await self._create_run(
+                    client,
+                    action.experiment,
+                    (run,),
+                    {**parameters, "parallelism": 1},
+                    name=f"{action.experiment}-run{run.index}-try{run.attempt}",
+                    tags=[names.run_tag(run.index)],
+                    key=f"{self.batch_id}/{action.experiment}/{run.index}/{run.attempt}",
+                )
+                for run in action.runs
+            ]
+        self._unsettled.update(ids)
+        return ids
+
+    async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
+        out: list[FlowRun] = []
+        while True:
+            page = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(**filters), limit=PAGE, offset=len(out)
+            )
+            out.extend(page)
+            if len(page) < PAGE:
+                return out
+
+    async def _task_runs(self, client: PrefectClient, ids: list[UUID]) -> list[TaskRun]:
+        out: list[TaskRun] = []
+        while ids:
+            page = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
+                limit=PAGE,
+                offset=len(out),
+            )
+            out.extend(page)
+            if len(page) < PAGE:
+                break
+        return out
+
+    async def observe(self) -> dict[RunKey, RunObservation]:
+        """Latest attempt of every submitted run of this batch, as Prefect reports it now.
+
+        Reads every flow run of the batch once (a restarted driver knows nothing), then only
+        those not settled yet plus the ones it submitted since: O(active runs) per call, not
+        O(all runs). Only observations that can no longer change are settled (a final flow
+        run whose runs are all known); anything unknown is read again next time.
+        """
+        async with self.client() as client:
+            if not self._listed:
+                flow_runs = await self._flow_runs(
+                    client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
+                )
+                self._listed = True
+            else:
+                ids = sorted(self._unsettled)
+                flow_runs = (
+                    await self._flow_runs(client, id=FlowRunFilterId(any_=ids)) if ids else []
+                )
+            self.flow_runs_read += len(flow_runs)
+            live = [fr for fr in flow_runs if fr.id not in self._final]
+            waves = [fr.id for fr in live if not _is_single_run(fr)]
+            tasks = await self._task_runs(client, waves)
+        by_flow: dict[UUID, dict[int, TaskRun]] = {}
+        for tr in tasks:
+            index = _run_index(tr)
+            if tr.flow_run_id is not None and index is not None:
+                by_flow.setdefault(tr.flow_run_id, {})[index] = tr
+        lookup = ledger_lookup if self.read_records else None
+        for fr in live:
+            observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup)
+            self._observed[fr.id] = observations
+            if settled:
+                self._final[fr.id] = observations
+                self._unsettled.discard(fr.id)
+            else:
+                self._unsettled.add(fr.id)
+            for key, (attempt, _) in observations.items():
+                self.attempt_flow_runs[(*key, attempt)] = fr.id
+        latest: dict[RunKey, tuple[int, RunObservation]] = {}
+        for observations in self._observed.values():
+            for key, (attempt, obs) in observations.items():
+                if key not in latest or attempt > latest[key][0]:
+                    latest[key] = (attempt, obs)
+        return {key: obs for key, (_, obs) in latest.items()}
+
+    async def _live_ids(self, client: PrefectClient) -> list[UUID]:
+        flow_runs = await self._flow_runs(
+            client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
+        )
+        return [fr.id for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+
+    async def _wait_final(self, client: PrefectClient, live: list[UUID], timeout: float) -> int:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while live and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.25)
+            runs = await self._flow_runs(client, id=FlowRunFilterId(any_=live))
+            live = [fr.id for fr in runs if _state_type(fr) not in FINAL_STATES]
+        return len(live)
+
+    async def wait_idle(self, timeout: float = 30.0) -> int:
+        """Wait (bounded) for flow runs to finish on their own, e.g. before stopping workers."""
+        async with self.client() as client:
+            return await self._wait_final(client, await self._live_ids(client), timeout)
+
+    async def cancel_active(self, timeout: float = 30.0) -> int:
+        """Cancel this batch's unfinished flow runs and wait (bounded) until they are final."""
+        async with self.client() as client:
+            live = await self._live_ids(client)
+            for run_id in live:
+                await client.set_flow_run_state(run_id, Cancelling(), force=True)
+            return await self._wait_final(client, live, timeout)
+
+    async def cleanup(self) -> None:
+        """Delete this batch's deployments and pool; a pool someone else made is left alone."""
+        async with self.client() as client:
+            for ref in (self._deployment_ref, self._plan_deployment_ref):
+                try:
+                    deployment = await client.read_deployment_by_name(ref)
+                    await client.delete_deployment(deployment.id)
+                except ObjectNotFound:
+                    pass
+            try:
+                pool = await client.read_work_pool(self.pool)
+            except ObjectNotFound:
+                return
+            if pool.description == names.pool_description(self.batch_id):
+                await client.delete_work_pool(self.pool)
