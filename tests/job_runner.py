@@ -713,8 +713,11 @@ class JobRunner:
             Path(mount["mountPath"]).mkdir(parents=True, exist_ok=True)
         env = self._container_env(pod, container)
         try:
-            with pod.log.open("wb") as out:
-                proc = subprocess.Popen(
+            # Under the lock until pod.proc is set: the command may act (a test sees its
+            # output) before this thread runs again, and kill_pod/delete_pod must then
+            # find the pod running, as a real pod whose container has started is.
+            with pod.log.open("wb") as out, self._lock:
+                pod.proc = subprocess.Popen(
                     argv,
                     env=env,
                     cwd=container.get("workingDir"),
@@ -722,14 +725,13 @@ class JobRunner:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+                pod.started_at = _now()
+                pod.phase = "Running"
         except OSError as exc:  # what a container runtime reports for a bad command
             pod.log.write_text(f"{exc}\n")
             code, reason = 128, "StartError"
         else:
-            with self._lock:
-                pod.proc = proc
-                pod.started_at = _now()
-                pod.phase = "Running"
+            proc = pod.proc
             self._write_pod_status(pod)
             code = exit_code(self._supervise(pod, proc))
             reason = "OOMKilled" if pod.oom_killed else ("Completed" if code == 0 else "Error")

@@ -49,6 +49,19 @@ def validate(
     return code, output
 
 
+def refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str | bytes | None = None,
+    batch: Path | None = None,
+    root: Path | None = None,
+) -> str:
+    """The output of ``validate`` for input it must refuse (exit code 2)."""
+    code, output = validate(tmp_path, capsys, content, batch, root)
+    assert code == 2, output
+    return output
+
+
 def execution(fields: str) -> str:
     return HEAD + INLINE + "  execution: {" + fields + "}\n"
 
@@ -94,15 +107,13 @@ YAML_CASES = {
 @pytest.mark.parametrize("name", sorted(YAML_CASES))
 def test_yaml_the_loader_refuses_names_file_and_line(name, tmp_path, capsys):
     text, expected = YAML_CASES[name]
-    code, output = validate(tmp_path, capsys, text)
-    assert code == 2
+    output = refused(tmp_path, capsys, text)
     assert f"{tmp_path / 'batch.yaml'}: " in output
     assert expected in output
 
 
 def test_a_date_is_a_string_not_a_crash(tmp_path, capsys):
-    code, output = validate(tmp_path, capsys, HEAD.replace("SierraBatch", "2026-02-30") + INLINE)
-    assert code == 2
+    output = refused(tmp_path, capsys, HEAD.replace("SierraBatch", "2026-02-30") + INLINE)
     assert "kind: Input should be 'SierraBatch' (got '2026-02-30')" in output
 
 
@@ -143,8 +154,7 @@ YAML_11_CASES = {
 @pytest.mark.parametrize("name", sorted(YAML_11_CASES))
 def test_values_yaml_11_or_pydantic_would_convert_are_refused(name, tmp_path, capsys):
     text, expected = YAML_11_CASES[name]
-    code, output = validate(tmp_path, capsys, text)
-    assert code == 2
+    output = refused(tmp_path, capsys, text)
     assert expected in output
 
 
@@ -175,8 +185,7 @@ MARKUP_CASES = {
 @pytest.mark.parametrize("name", sorted(MARKUP_CASES))
 def test_user_text_is_printed_as_is(name, tmp_path, capsys):
     text, expected = MARKUP_CASES[name]
-    code, output = validate(tmp_path, capsys, text)
-    assert code == 2
+    output = refused(tmp_path, capsys, text)
     assert expected in output
 
 
@@ -201,8 +210,7 @@ ENCODING_CASES = {
 @pytest.mark.parametrize("name", sorted(ENCODING_CASES))
 def test_files_that_are_not_utf8(name, tmp_path, capsys):
     data, expected = ENCODING_CASES[name]
-    code, output = validate(tmp_path, capsys, data)
-    assert code == 2
+    output = refused(tmp_path, capsys, data)
     assert expected in output
 
 
@@ -211,8 +219,7 @@ def test_utf8_bom_is_fine(tmp_path, capsys):
 
 
 def test_dev_zero_is_not_read(tmp_path, capsys):
-    code, output = validate(tmp_path, capsys, batch=Path("/dev/zero"))
-    assert code == 2
+    output = refused(tmp_path, capsys, batch=Path("/dev/zero"))
     assert "/dev/zero: the batch file is a character device, not a regular file" in output
 
 
@@ -233,15 +240,13 @@ def test_a_fifo_without_writer_does_not_hang(tmp_path, capsys):
 
 
 def test_a_directory_is_not_a_batch_file(tmp_path, capsys):
-    code, output = validate(tmp_path, capsys, batch=tmp_path)
-    assert code == 2
+    output = refused(tmp_path, capsys, batch=tmp_path)
     assert f"{tmp_path}: the batch file is a directory, not a regular file" in output
 
 
 def test_a_batch_file_over_the_size_limit(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(loader, "MAX_BATCH_FILE_BYTES", 100)
-    code, output = validate(tmp_path, capsys, HEAD + INLINE)
-    assert code == 2
+    output = refused(tmp_path, capsys, HEAD + INLINE)
     assert "the batch file is larger than 100 bytes, the most allowed" in output
 
 
@@ -256,8 +261,7 @@ def test_an_unreadable_batch_file(tmp_path, capsys, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(loader.os, "open", refuse)
-    code, output = validate(tmp_path, capsys, HEAD + INLINE)
-    assert code == 2
+    output = refused(tmp_path, capsys, HEAD + INLINE)
     assert f"{batch}: cannot read the batch file (Permission denied)" in output
 
 
@@ -282,6 +286,15 @@ def validate_commands(
     return validate(tmp_path, capsys, text, root=tmp_path / "root")
 
 
+def refused_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], commands_file: str = "p/b/commands.txt"
+) -> str:
+    """The output of ``validate`` for a commands file it must refuse (exit code 2)."""
+    code, output = validate_commands(tmp_path, capsys, commands_file)
+    assert code == 2, output
+    return output
+
+
 COMMANDS_CASES = {
     "form feed": (f"# SIERRA\nrun {EXP0}0\fx\n", "commands.txt line 2, column 45: the command"),
     "vertical tab": (f"run {EXP0}0\vx\n", "line 1, column 45: the command contains the control"),
@@ -301,8 +314,7 @@ COMMANDS_CASES = {
 def test_commands_files_name_the_line(name, tmp_path, capsys):
     data, expected = COMMANDS_CASES[name]
     commands(tmp_path, "commands.txt", data)
-    code, output = validate_commands(tmp_path, capsys)
-    assert code == 2
+    output = refused_commands(tmp_path, capsys)
     assert "spec.commandsFile: " in output
     assert expected in output
 
@@ -310,8 +322,7 @@ def test_commands_files_name_the_line(name, tmp_path, capsys):
 def test_line_numbers_count_newlines_only(tmp_path, capsys):
     """A comment with U+2028 and \\f stays one line: the bad command is named at line 3."""
     commands(tmp_path, "commands.txt", f"# a\u2028b\fc\nrun {EXP0}0\nrun /x/y\n")
-    code, output = validate_commands(tmp_path, capsys)
-    assert code == 2
+    output = refused_commands(tmp_path, capsys)
     assert "commands.txt line 3: no exp-inputs/<experiment>/ path" in output
 
 
@@ -325,8 +336,7 @@ def test_bom_at_start_and_crlf_are_fine(tmp_path, capsys):
 def test_commands_file_that_is_a_directory_of_the_wrong_kind(tmp_path, capsys):
     root = tmp_path / "root"
     (root / "p" / "b" / "exp-inputs" / "c1-exp0" / "commands.txt").mkdir(parents=True)
-    code, output = validate_commands(tmp_path, capsys, "p/b")
-    assert code == 2
+    output = refused_commands(tmp_path, capsys, "p/b")
     assert "commands.txt: the commands file is a directory, not a regular file" in output
 
 
@@ -336,8 +346,7 @@ def test_a_middle_experiment_without_commands_is_not_dropped(tmp_path, capsys):
         d.mkdir(parents=True)
         if exp != "c1-exp1":
             (d / "commands.txt").write_text(f"run {exp}\n")
-    code, output = validate_commands(tmp_path, capsys, "p/b")
-    assert code == 2
+    output = refused_commands(tmp_path, capsys, "p/b")
     assert (
         "c1-exp1/commands.txt: missing; every experiment directory SIERRA makes has one" in output
     )
@@ -347,8 +356,7 @@ def test_experiment_directory_with_a_line_break(tmp_path, capsys):
     d = tmp_path / "root" / "p" / "b" / "exp-inputs" / "c1-exp0\n"
     d.mkdir(parents=True)
     (d / "commands.txt").write_text("run\n")
-    code, output = validate_commands(tmp_path, capsys, "p/b")
-    assert code == 2
+    output = refused_commands(tmp_path, capsys, "p/b")
     assert "experiment name 'c1-exp0\\n' is not usable" in output
 
 
@@ -363,16 +371,14 @@ def test_unreadable_exp_inputs_is_not_reported_as_missing(tmp_path, capsys, monk
         return real_scandir(path)
 
     monkeypatch.setattr(loader.os, "scandir", refuse)
-    code, output = validate_commands(tmp_path, capsys, "p/b")
-    assert code == 2
+    output = refused_commands(tmp_path, capsys, "p/b")
     assert f"cannot read {exp_inputs} (Permission denied)" in output
 
 
 def test_too_many_experiments(tmp_path, capsys):
     lines = "".join(f"run /r/exp-inputs/c1-exp{i}/x\n" for i in range(MAX_EXPERIMENTS + 1))
     commands(tmp_path, "commands.txt", lines)
-    code, output = validate_commands(tmp_path, capsys)
-    assert code == 2
+    output = refused_commands(tmp_path, capsys)
     assert f"line {MAX_EXPERIMENTS + 1}: more than {MAX_EXPERIMENTS} experiments" in output
 
 
@@ -385,8 +391,7 @@ def test_too_many_experiments(tmp_path, capsys):
 )
 def test_impossible_commands_file_paths(commands_file, expected, tmp_path, capsys):
     (tmp_path / "root" / "p").mkdir(parents=True)
-    code, output = validate_commands(tmp_path, capsys, commands_file)
-    assert code == 2
+    output = refused_commands(tmp_path, capsys, commands_file)
     assert "spec.commandsFile: " in output
     assert expected in output
 
@@ -394,8 +399,7 @@ def test_impossible_commands_file_paths(commands_file, expected, tmp_path, capsy
 def test_a_fifo_commands_file_does_not_hang(tmp_path, capsys):
     (tmp_path / "root" / "p" / "b").mkdir(parents=True)
     os.mkfifo(tmp_path / "root" / "p" / "b" / "commands.txt")
-    code, output = validate_commands(tmp_path, capsys)
-    assert code == 2
+    output = refused_commands(tmp_path, capsys)
     assert "the commands file is a FIFO, not a regular file" in output
 
 

@@ -14,11 +14,11 @@ import kopf
 from kubernetes_asyncio import client, config
 
 from sierra_operator.cluster.crd import PLURAL
+from sierra_operator.cluster.image_stage import ImageStage
 from sierra_operator.cluster.reconciler import finalize, reconcile, status_patch
 from sierra_operator.cluster.settings import OperatorSettings
 from sierra_operator.core.idle import needs_reconcile
 from sierra_operator.core.model import GROUP, VERSION
-from sierra_operator.images.stage import ImageStage
 
 SETTINGS = OperatorSettings.from_env()
 ANNOTATION_PREFIX = GROUP

@@ -18,6 +18,7 @@ from kubernetes_asyncio.client import ApiClient
 from prefect.exceptions import PrefectHTTPStatusError
 
 from sierra_operator.cluster import kube
+from sierra_operator.cluster.image_stage import ImageRequest, ImageStage
 from sierra_operator.cluster.job_template import (
     default_kubernetes_template,
     render_base_job_template,
@@ -40,7 +41,6 @@ from sierra_operator.core.model import (
     stored_batch,
 )
 from sierra_operator.core.plan import Plan, PlanError, plan_from_experiments, plan_from_json
-from sierra_operator.images.stage import ImageRequest, ImageStage
 from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch
 
 Event = tuple[str, str, str]
