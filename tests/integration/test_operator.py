@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,9 +181,11 @@ def test_experiments_in_order_with_bounded_parallelism(kube, jobs, operator, wor
     assert max_overlap(list(spans.values())) <= 2, "pool concurrency limit = parallelism"
 
 
-def test_invalid_spec_creates_nothing_and_says_why(kube, operator, prefect_api_url):
+def test_invalid_spec_creates_nothing_and_says_why(kube, operator, prefect_api_url, tmp_path):
     """The API server's schema would reject parallelism 0 at admission; the emulator does not
-    enforce schemas, which shows the operator's own validation (the second line)."""
+    enforce schemas, which shows the operator's own validation (the second line). The
+    condition says what ``sierra-operator validate`` says of the same document, word for
+    word: a researcher who checks a batch before applying it sees the same errors."""
     bad = batch_doc("broken", Path("/tmp/never"), [[probe(0.1)]], parallelism=0)
     kube.create_batch("lab-a", bad)
     no_image = batch_doc("imageless", Path("/tmp/never"), [[probe(0.1)]])
@@ -202,6 +207,21 @@ def test_invalid_spec_creates_nothing_and_says_why(kube, operator, prefect_api_u
             and e.get("involvedObject", {}).get("name") == name
         ]
         assert warned and field in warned[0]["message"]
+    doc_file = tmp_path / "broken.yaml"
+    doc_file.write_text(json.dumps(bad))
+    checked = subprocess.run(
+        [sys.executable, "-m", "sierra_operator.cli", "validate", str(doc_file)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "1000"},
+        timeout=120,
+    )
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    message = kube.condition("lab-a", "broken", "Valid")["message"]
+    lines = [line for line in message.splitlines() if line.startswith("spec.")]
+    assert lines, message
+    for line in lines:
+        assert f"{doc_file}: {line}" in checked.stdout + checked.stderr, (line, checked)
 
 
 def test_operator_killed_mid_experiment_runs_everything_exactly_once(
