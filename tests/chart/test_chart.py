@@ -8,7 +8,9 @@ CRD, version and settings the chart carries must be the code's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +44,11 @@ VARIANTS: dict[str, list[str]] = {
         "--set", "docker.host=tcp://buildkit.builds:2375",
         "--set", "operator.watchNamespaces={lab-a,lab-b}",
         "--set", "operator.workerImage=registry.example.org/worker:1",
+    ],
+    "postgresql-bundled": ["--set", "prefect.server.database.type=postgresql"],
+    "postgresql-existing": [
+        "--set", "prefect.server.database.type=postgresql",
+        "--set", "prefect.server.database.postgresql.existingSecret.name=prefect-db",
     ],
 }  # fmt: skip
 
@@ -218,8 +225,27 @@ def test_helm_test_hook_checks_operator_and_prefect() -> None:
             ["--set", "docker.dind.enabled=true", "--set", "docker.host=tcp://x:2375"],
             ["docker.host"],
         ),
+        (["--set", "prefect.server.database.type=mysql"], ["database/type", "postgresql"]),
+        (
+            ["--set", "prefect.server.database.postgresql.existingSecret.name=db"],
+            ["prefect.server.database.postgresql.existingSecret.name", "type=postgresql"],
+        ),
+        (
+            [
+                "--set", "prefect.server.database.type=postgresql",
+                "--set", "prefect.server.enabled=false",
+                "--set", "prefect.apiUrl=https://prefect.example.org/api",
+            ],
+            ["prefect.server.database.type", "prefect.server.enabled"],
+        ),
+        (
+            ["--set", "prefect.server.database.type=postgresql",
+             "--set", "prefect.server.database.postgresql.existingSecret.key="],
+            ["existingSecret/key"],
+        ),
+        (["--set", "operator.submitConcurrency=0"], ["submitConcurrency"]),
     ],
-)
+)  # fmt: skip
 def test_bad_values_are_refused_naming_the_value(flags: list[str], names: list[str]) -> None:
     out = helm("template", "sierra-operator", str(CHART), *flags, check=False)
     assert out.returncode != 0, f"{flags} was accepted"
@@ -287,3 +313,98 @@ def test_one_non_root_user_across_image_chart_and_worker_pods() -> None:
     assert f"--uid {RUN_AS_USER}" in dockerfile
     for dep in by_kind(render(), "Deployment"):
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == RUN_AS_USER
+
+
+def prefect_server_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = [
+        c
+        for d in by_kind(docs, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "prefect-server"
+    ]
+    return container
+
+
+def prefect_database_url(env: list[dict[str, Any]], secrets: dict[tuple[str, str], str]) -> str:
+    """The database URL the real Prefect settings make of a container's ``env`` (Secrets
+    resolved from ``secrets`` as the kubelet would): proves the chart's variable names are
+    ones Prefect reads, not ones it silently ignores."""
+    values = {}
+    for var in env:
+        if "valueFrom" in var:
+            ref = var["valueFrom"]["secretKeyRef"]
+            values[var["name"]] = secrets[(ref["name"], ref["key"])]
+        else:
+            values[var["name"]] = var["value"]
+    code = (
+        "from prefect.settings import get_current_settings as s; "
+        "print(s().server.database.connection_url.get_secret_value())"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **values, "PREFECT_HOME": "/tmp/sierra-chart-test-prefect"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_sqlite_is_the_default_database_and_its_pvc_goes_with_it() -> None:
+    default, pg = render(), render(*VARIANTS["postgresql-bundled"])
+    url = prefect_database_url(prefect_server_container(default)["env"], {})
+    assert url == "sqlite+aiosqlite:////data/prefect.db"
+    assert [p["metadata"]["name"] for p in by_kind(default, "PersistentVolumeClaim")] == [
+        "sierra-operator-prefect"
+    ]
+    assert not by_kind(default, "StatefulSet") and not by_kind(default, "Secret")
+    assert not by_kind(pg, "PersistentVolumeClaim"), "no SQLite PVC with PostgreSQL"
+    env = {e["name"]: e for e in operator_container(default)["env"]}
+    settings = OperatorSettings.from_env({k: v["value"] for k, v in env.items() if "value" in v})
+    assert settings.submit_concurrency == 1, "SQLite answers 503 to concurrent creates"
+
+
+def test_bundled_postgresql_has_a_pvc_and_a_generated_password_from_its_secret() -> None:
+    docs = render(*VARIANTS["postgresql-bundled"])
+    (stateful,) = by_kind(docs, "StatefulSet")
+    (secret,) = by_kind(docs, "Secret")
+    (claim,) = stateful["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    pod = stateful["spec"]["template"]["spec"]
+    (db,) = pod["containers"]
+    assert {m["name"] for m in db["volumeMounts"]} == {"data", "run", "tmp"}
+    assert db["securityContext"]["readOnlyRootFilesystem"] is True
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    assert len(password) == 32
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    db_env = {e["name"]: e for e in db["env"]}
+    assert db_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"],
+        "key": "password",
+    }
+    server = prefect_server_container(docs)
+    assert password not in json.dumps(docs).replace(secret["data"]["password"], "")
+    url = prefect_database_url(server["env"], {(secret["metadata"]["name"], "password"): password})
+    (service,) = [
+        s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-postgresql")
+    ]
+    host = f"{service['metadata']['name']}.sierra-system.svc"
+    assert url == f"postgresql+asyncpg://prefect:{password}@{host}:5432/prefect"
+    assert service["spec"]["selector"] == stateful["spec"]["template"]["metadata"]["labels"]
+    assert stateful["spec"]["serviceName"] == service["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+    assert OperatorSettings.from_env(env).submit_concurrency == 8
+
+
+def test_existing_postgresql_url_comes_only_from_its_secret() -> None:
+    docs = render(*VARIANTS["postgresql-existing"])
+    assert not by_kind(docs, "StatefulSet") and not by_kind(docs, "Secret"), "nothing bundled"
+    server = prefect_server_container(docs)
+    env = {e["name"]: e for e in server["env"]}
+    ref = env["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert "value" not in ref, "the URL (with its password) is never a value in the manifest"
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "prefect-db", "key": "connection-url"}
+    given = "postgresql+asyncpg://lab:pw@db.example.org:5432/prefect"
+    assert prefect_database_url(server["env"], {("prefect-db", "connection-url"): given}) == given
+    assert "postgresql+asyncpg://" not in json.dumps(docs)

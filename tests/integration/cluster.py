@@ -181,6 +181,7 @@ class Operator:
     liveness_port: int = field(default_factory=free_port)
     reconcile_seconds: float = 1.0
     docker_host: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more SIERRA_OPERATOR_* settings
 
     def start(self, via_kopf: bool = False) -> Operator:
         """Start it (both ways of running the operator are supported and tested)."""
@@ -191,6 +192,7 @@ class Operator:
             SIERRA_OPERATOR_WORKER_IMAGE="sierra-operator:test",
             SIERRA_OPERATOR_RECONCILE_SECONDS=str(self.reconcile_seconds),
             PREFECT_HOME=tempfile.mkdtemp(prefix="sierra-op-home-"),
+            **self.env,
         )
         env.pop("DOCKER_HOST", None)
         if self.docker_host:

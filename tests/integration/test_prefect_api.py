@@ -167,3 +167,97 @@ def test_a_deployment_from_an_older_module_path_is_repointed(prefect_api_url: st
     before, after = asyncio.run(scenario())
     assert before == "sierra_operator.flows.run_experiment"
     assert after == names.FLOW_ENTRYPOINT == "sierra_operator.runs.flows.run_experiment"
+
+
+def test_concurrent_submission_is_bounded_and_creates_each_run_once(
+    prefect_api_url: str, tmp_path
+) -> None:
+    """submit_each with creates in flight (the operator's SIERRA_OPERATOR_SUBMIT_CONCURRENCY):
+    never more at once than asked, ids in the runs' order, and a repeat (a create retried, or
+    a restarted operator re-deciding the wave) makes no second flow run: the idempotency key
+    names batch, experiment, run and attempt."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from sierra_operator.core import names
+    from sierra_operator.core.machine import RunAttempt, SubmitRuns
+
+    class Counting(PrefectBatch):
+        """The real adapter, counting its creates in flight."""
+
+        in_flight = peak = 0
+
+        async def _create_run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            Counting.in_flight += 1
+            Counting.peak = max(Counting.peak, Counting.in_flight)
+            try:
+                return await super()._create_run(*args, **kwargs)
+            finally:
+                Counting.in_flight -= 1
+
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
+    root = str(tmp_path)
+    params = {"batch_id": ids[1], "batch_root": root, "workdir": root}
+    action = SubmitRuns("e0", 0, tuple(RunAttempt(i, "true", 1) for i in range(24)))
+
+    async def scenario() -> tuple[list, list, list]:
+        batch = Counting(*ids, submit_concurrency=6)
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(root)
+        first = await batch.submit_each(action, params)
+        again = await Counting(*ids, submit_concurrency=6).submit_each(action, params)
+        async with batch.client() as client:
+            stored = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[names.batch_tag(ids[1])])
+                ),
+                limit=100,
+            )
+        await batch.cleanup()
+        return first, again, stored
+
+    first, again, stored = asyncio.run(scenario())
+    assert 1 < Counting.peak <= 6, Counting.peak
+    assert again == first, "the repeat returned the same flow runs"
+    assert len(stored) == 24 and {fr.id for fr in stored} == set(first), "each run once"
+    by_id = {fr.id: fr.name for fr in stored}
+    assert [by_id[i] for i in first] == [f"e0-run{i}-try1" for i in range(24)], "in run order"
+
+
+def test_batches_share_one_open_client_per_api(prefect_api_url: str, tmp_path) -> None:
+    """The operator's batches share one open PrefectClient per API URL and key (a fresh one
+    per batch per tick cost ~18 ms of CPU each: 100 batches would need a core for that): the
+    same client across batches and calls, still open after each use, one per key."""
+    from sierra_operator.core.machine import RunAttempt, SubmitRuns
+    from sierra_operator.runs.prefect_api import PrefectClients
+
+    clients = PrefectClients()
+    root = str(tmp_path)
+
+    def batch() -> PrefectBatch:
+        uid = f"b{uuid.uuid4().hex[:8]}"
+        return PrefectBatch(prefect_api_url, uid, f"p-{uid}", "q", clients=clients)
+
+    async def scenario() -> tuple[list, int, bool, int]:
+        used = []
+        batches = [batch(), batch()]
+        for b in batches:
+            await b.ensure_pool(ProcessWorker.get_default_base_job_template())
+            await b.ensure_deployment(root)
+            params = {"batch_id": b.batch_id, "batch_root": root, "workdir": root}
+            await b.submit_each(SubmitRuns("e0", 0, (RunAttempt(0, "true", 1),)), params)
+            for _ in range(3):
+                await b.observe()
+                async with b.client() as client:
+                    used.append(client)
+        opened = clients.opened
+        async with clients.get(prefect_api_url, "another-key") as other:
+            distinct = other is not used[0]
+        both = clients.opened
+        for b in batches:
+            await b.cleanup()
+        await clients.close()
+        return used, opened, distinct, both
+
+    used, opened, distinct, both = asyncio.run(scenario())
+    assert all(client is used[0] for client in used) and opened == 1, "one client for all"
+    assert distinct and both == 2, "another API key gets its own client"

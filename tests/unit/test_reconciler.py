@@ -86,10 +86,14 @@ def test_settings_from_env():
             "PREFECT_API_URL": "http://a/api",
             "SIERRA_OPERATOR_NAMESPACES": "x, y",
             "SIERRA_OPERATOR_RECONCILE_SECONDS": "5",
+            "SIERRA_OPERATOR_SUBMIT_CONCURRENCY": "16",
         }
     )
     assert s.prefect_api_url == "http://a/api" and s.namespaces == ["x", "y"]
-    assert s.reconcile_seconds == 5
+    assert s.reconcile_seconds == 5 and s.submit_concurrency == 16
+    assert OperatorSettings.from_env({}).submit_concurrency == 1, "safe on SQLite"
+    with pytest.raises(ValueError, match="submit_concurrency"):
+        OperatorSettings.from_env({"SIERRA_OPERATOR_SUBMIT_CONCURRENCY": "0"})
     assert (
         OperatorSettings.from_env(
             {"PREFECT_API_URL": "http://a/api", "SIERRA_OPERATOR_PREFECT_API_URL": "http://b/api"}

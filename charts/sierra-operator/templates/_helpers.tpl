@@ -43,6 +43,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The bundled PostgreSQL of the bundled Prefect server: its name; "true" when the chart
+runs it (database.type postgresql without an existing database's Secret). */}}
+{{- define "sierra-operator.postgresqlName" -}}
+{{- printf "%s-postgresql" (include "sierra-operator.prefectServerName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "sierra-operator.bundledPostgresql" -}}
+{{- with .Values.prefect.server -}}
+{{- if and .enabled (eq .database.type "postgresql") (not .database.postgresql.existingSecret.name) -}}
+true
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Flow-run creates in flight per wave: the value, else what the database takes. */}}
+{{- define "sierra-operator.submitConcurrency" -}}
+{{- if kindIs "invalid" .Values.operator.submitConcurrency -}}
+{{- if and .Values.prefect.server.enabled (eq .Values.prefect.server.database.type "postgresql") -}}
+8
+{{- else -}}
+1
+{{- end -}}
+{{- else -}}
+{{- .Values.operator.submitConcurrency -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Prefect API the operator gives batches without spec.prefect.apiUrl. */}}
 {{- define "sierra-operator.prefectApiUrl" -}}
 {{- if .Values.prefect.server.enabled -}}
@@ -67,6 +94,14 @@ tcp://127.0.0.1:2375
 {{- end -}}
 {{- if and .Values.prefect.server.enabled .Values.prefect.apiUrl -}}
 {{- fail "prefect.apiUrl: set only for an external server; with prefect.server.enabled=true the operator uses the bundled one (set prefect.server.enabled=false to use the external API)" -}}
+{{- end -}}
+{{- with .Values.prefect.server.database -}}
+{{- if and (ne .type "postgresql") .postgresql.existingSecret.name -}}
+{{- fail "prefect.server.database.postgresql.existingSecret.name: only used with prefect.server.database.type=postgresql (set the type, or leave the Secret name empty)" -}}
+{{- end -}}
+{{- if and (eq .type "postgresql") (not $.Values.prefect.server.enabled) -}}
+{{- fail "prefect.server.database.type: postgresql is the bundled Prefect server's database; with prefect.server.enabled=false the external Prefect keeps its own (leave the type sqlite)" -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.docker.dind.enabled .Values.docker.host -}}
 {{- fail "docker.host: leave it empty when docker.dind.enabled is true (builds then use the sidecar)" -}}

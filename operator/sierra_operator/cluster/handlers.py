@@ -19,6 +19,7 @@ from sierra_operator.cluster.reconciler import finalize, reconcile, status_patch
 from sierra_operator.cluster.settings import OperatorSettings
 from sierra_operator.core.idle import needs_reconcile
 from sierra_operator.core.model import GROUP, VERSION
+from sierra_operator.runs.prefect_api import PrefectClients
 
 SETTINGS = OperatorSettings.from_env()
 ANNOTATION_PREFIX = GROUP
@@ -49,14 +50,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         await config.load_kube_config()
     memo.kube_api = client.ApiClient()
     memo.prefect_batches = {}
+    memo.prefect_clients = PrefectClients()
     memo.images = ImageStage(SETTINGS.docker_host)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    """Close the Kubernetes client."""
+    """Close the Kubernetes client and the Prefect clients."""
     if getattr(memo, "kube_api", None) is not None:
         await memo.kube_api.close()
+    if getattr(memo, "prefect_clients", None) is not None:
+        await memo.prefect_clients.close()
 
 
 def _post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
@@ -81,7 +85,13 @@ async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) ->
     """Reconcile one batch; a status patch only when the stored status would change."""
     try:
         outcome = await reconcile(
-            body, SETTINGS, memo.kube_api, datetime.now(UTC), memo.prefect_batches, memo.images
+            body,
+            SETTINGS,
+            memo.kube_api,
+            datetime.now(UTC),
+            memo.prefect_batches,
+            memo.images,
+            memo.prefect_clients,
         )
     except (OSError, client.exceptions.ApiException) as exc:
         raise kopf.TemporaryError(f"retrying: {exc}", delay=5) from exc

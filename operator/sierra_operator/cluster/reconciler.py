@@ -41,7 +41,7 @@ from sierra_operator.core.model import (
     stored_batch,
 )
 from sierra_operator.core.plan import Plan, PlanError, plan_from_experiments, plan_from_json
-from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch
+from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch, PrefectClients
 
 Event = tuple[str, str, str]
 """(type, reason, message) of a Kubernetes Event to post on the batch."""
@@ -150,7 +150,12 @@ def _changed(before: BatchStatus, after: BatchStatus, type_: str) -> bool:
 
 
 def batch_prefect(
-    batch: SierraBatch, namespace: str, uid: str, api_url: str, api_key: str | None = None
+    batch: SierraBatch,
+    namespace: str,
+    uid: str,
+    api_url: str,
+    api_key: str | None = None,
+    submit_concurrency: int = 1,
 ) -> PrefectBatch:
     """The batch's pool, queue and deployment on its Prefect server."""
     spec = batch.spec
@@ -162,6 +167,7 @@ def batch_prefect(
         queue=spec.prefect.work_queue or names.DEFAULT_QUEUE,
         pool_type="kubernetes",
         concurrency_limit=spec.execution.parallelism,
+        submit_concurrency=submit_concurrency,
     )
 
 
@@ -198,12 +204,14 @@ async def reconcile(
     now: datetime,
     cache: dict[tuple[str, str, str], PrefectBatch] | None = None,
     images: ImageStage | None = None,
+    clients: PrefectClients | None = None,
 ) -> Outcome:
     """Bring one batch one step closer to done; returns the status to store.
 
     ``cache`` keeps each batch's :class:`PrefectBatch` between reconciles so flow runs
     already final are not read again (an optimisation only: an empty cache is correct).
-    ``images`` keeps builds in flight between reconciles (one per operator).
+    ``images`` keeps builds in flight between reconciles (one per operator). ``clients``
+    are the operator's open Prefect clients, shared by all batches (None: one per call).
     """
     meta = body.get("metadata", {})
     previous = read_status(body.get("status"))
@@ -228,7 +236,8 @@ async def reconcile(
             kube_api,
             now,
         )
-        return await _stages(ctx, status, cache, images or ImageStage(settings.docker_host))
+        images = images or ImageStage(settings.docker_host)
+        return await _stages(ctx, status, cache, images, clients)
     except _Stop as stop:
         return stop.outcome
 
@@ -264,10 +273,12 @@ async def _stages(
     status: BatchStatus,
     cache: dict[tuple[str, str, str], PrefectBatch] | None,
     images: ImageStage,
+    clients: PrefectClients | None,
 ) -> Outcome:
     api_url = _api_url(ctx, status)
     status, image = await _image(ctx, status, images)
     prefect = await _prefect(ctx, status, api_url, cache)
+    prefect.clients = clients
     if ctx.previous.phase in (BatchPhase.PENDING, BatchPhase.BUILDING):
         status = status.model_copy(
             update={"phase": BatchPhase.PROVISIONING, "work_pool": prefect.pool}
@@ -351,7 +362,13 @@ async def _prefect(
 ) -> PrefectBatch:
     """The batch's Prefect objects, with the API key from ``spec.prefect.apiKeySecret`` (or
     the operator's own key for its default server)."""
-    prefect = batch_prefect(ctx.batch, ctx.ref.namespace, ctx.ref.uid, api_url)
+    prefect = batch_prefect(
+        ctx.batch,
+        ctx.ref.namespace,
+        ctx.ref.uid,
+        api_url,
+        submit_concurrency=ctx.settings.submit_concurrency,
+    )
     if cache is not None:
         prefect = cache.setdefault((ctx.ref.uid, api_url, prefect.pool), prefect)
     ref = ctx.spec.prefect.api_key_secret

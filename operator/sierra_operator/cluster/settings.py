@@ -5,6 +5,9 @@
 - ``SIERRA_OPERATOR_WORKER_IMAGE``: image of the Prefect worker pods (has prefect-kubernetes).
 - ``SIERRA_OPERATOR_RECONCILE_SECONDS``: how often each batch is reconciled (1).
 - ``SIERRA_OPERATOR_LOG_LEVEL``: operator log level (INFO).
+- ``SIERRA_OPERATOR_SUBMIT_CONCURRENCY``: flow-run creates in flight at once when a wave is
+  submitted (1; bench/README.md: concurrent creates make SQLite slower, then answer 503;
+  PostgreSQL takes 8, the chart's setting with it).
 - ``SIERRA_OPERATOR_NAMESPACES``: comma-separated namespaces to watch (default: all).
 - ``DOCKER_HOST``: the Docker engine that builds ``spec.image.build`` (docker's own variable).
 - ``PREFECT_API_KEY``: API key for the default Prefect API (the chart takes it from a
@@ -31,6 +34,9 @@ class OperatorSettings(BaseModel):
     worker_image: str = Field(default=DEFAULT_WORKER_IMAGE, description="Worker pod image.")
     reconcile_seconds: float = Field(default=1.0, gt=0, description="Reconcile interval.")
     log_level: str = Field(default="INFO", description="Log level.")
+    submit_concurrency: int = Field(
+        default=1, ge=1, le=64, description="Flow-run creates in flight per submitted wave."
+    )
     namespaces: list[str] = Field(default_factory=list, description="Watched; empty: all.")
     docker_host: str | None = Field(default=None, description="Engine for image builds.")
     prefect_api_key_secret: SecretStr | None = Field(
@@ -55,6 +61,8 @@ class OperatorSettings(BaseModel):
             values["worker_image"] = env["SIERRA_OPERATOR_WORKER_IMAGE"]
         if env.get("SIERRA_OPERATOR_RECONCILE_SECONDS"):
             values["reconcile_seconds"] = float(env["SIERRA_OPERATOR_RECONCILE_SECONDS"])
+        if env.get("SIERRA_OPERATOR_SUBMIT_CONCURRENCY"):
+            values["submit_concurrency"] = int(env["SIERRA_OPERATOR_SUBMIT_CONCURRENCY"])
         if env.get("SIERRA_OPERATOR_NAMESPACES"):
             values["namespaces"] = [
                 ns.strip() for ns in env["SIERRA_OPERATOR_NAMESPACES"].split(",") if ns.strip()

@@ -116,10 +116,18 @@ def prefect_cli() -> list[str]:
 
 
 class LocalPrefectServer(ManagedProcess):
-    """`prefect server start` on 127.0.0.1:<free port> with its own PREFECT_HOME."""
+    """`prefect server start` on 127.0.0.1:<free port> with its own PREFECT_HOME.
 
-    def __init__(self, home: Path, port: int | None = None) -> None:
+    ``database_url`` (e.g. ``postgresql+asyncpg://...``) replaces the embedded SQLite
+    database; it goes to the server's environment only, never to a log."""
+
+    def __init__(
+        self, home: Path, port: int | None = None, database_url: str | None = None
+    ) -> None:
         self.port = port or free_port()
+        env = prefect_environment(home)
+        if database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
         super().__init__(
             name="prefect-server",
             argv=[
@@ -131,7 +139,7 @@ class LocalPrefectServer(ManagedProcess):
                 "--port",
                 str(self.port),
             ],
-            env=prefect_environment(home),
+            env=env,
             log_path=home / "server.log",
         )
 
