@@ -134,6 +134,28 @@ def _parser() -> argparse.ArgumentParser:
             default=300.0,
             help="seconds the transfer pod may take to start (default: 300)",
         )
+    logs = sub.add_parser(
+        "logs",
+        help="print one run's stdout and stderr from sierra-root",
+        description="Print the stdout (to stdout) and stderr (to stderr) that run RUN of "
+        "EXPERIMENT wrote, from the files under <batch root>/scratch/sierra-operator/ (the "
+        "whole output, whatever became of the run's pod). In the cluster they are read "
+        "through a short-lived pod mounting the batch's PVC, as push/fetch do; with --local "
+        "BATCH is a batch file and they are read under --sierra-root. Exit 0; 1 reading "
+        "failed; 2 no such batch or no output of that run; 3 the cluster cannot be used.",
+    )
+    logs.add_argument("batch", help="SierraBatch name (with --local: the batch file)")
+    logs.add_argument("experiment", help="experiment name, e.g. c1-exp0")
+    logs.add_argument("run", type=int, help="run number within the experiment, from 0")
+    _cluster_args(logs)
+    logs.add_argument("--image", help="image of the pod (default: the batch's; needs sh)")
+    logs.add_argument("--pod-timeout", type=float, default=300.0)
+    logs.add_argument(
+        "--local", action="store_true", help="read a local-mode batch's files on this machine"
+    )
+    logs.add_argument(
+        "--sierra-root", type=Path, default=None, help="with --local (default: ./sierra-root)"
+    )
     sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
     sub.add_parser(
         "rbac", help="print the operator's ClusterRole rules (the chart's files/rbac-rules.yaml)"
@@ -226,15 +248,41 @@ def _transfer(args: argparse.Namespace, console: Console, err: Console) -> int:
     from sierra_operator.cluster import transfer
 
     async def work() -> int:
-        conn, target = await transfer.batch_target(
-            args.batch, args.namespace, args.context, args.image
-        )
-        root = (args.sierra_root or Path(target.mount_path)).absolute()
+        found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
+        root = (args.sierra_root or Path(found.target.mount_path)).absolute()
         rel = transfer.relative_path(args.path, root)
         move = transfer.push if args.command == "push" else transfer.fetch
-        done = await move(conn, target, root, rel, args.pod_timeout)
+        done = await move(found.conn, found.target, root, rel, args.pod_timeout)
         direction = "pushed" if args.command == "push" else "fetched"
         _plain(console, transfer.describe(done, direction, root / rel))
+        return 0
+
+    return _cluster_command(err, work)
+
+
+def _logs(args: argparse.Namespace, err: Console) -> int:
+    from sierra_operator.cluster import run_logs, transfer
+
+    async def work() -> int:
+        if args.local:
+            from sierra_operator.inputs.loader import load, resolve_sierra_root
+
+            sierra_root = resolve_sierra_root(args.sierra_root or Path("sierra-root"))
+            loaded = load(Path(args.batch), sierra_root)
+            run_logs.print_local(loaded.batch_root, args.experiment, args.run)
+            return 0
+        found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
+        path = run_logs.batch_path(found.obj, found.target.mount_path)
+        await run_logs.print_remote(
+            found.conn,
+            found.target,
+            path,
+            args.experiment,
+            args.run,
+            sys.stdout.buffer,
+            sys.stderr.buffer,
+            args.pod_timeout,
+        )
         return 0
 
     return _cluster_command(err, work)
@@ -347,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args, console, err)
         if args.command in ("push", "fetch"):
             return _transfer(args, console, err)
+        if args.command == "logs":
+            return _logs(args, err)
         if args.command == "run":
             return _run_operator(args)
         return _local(args, console)

@@ -244,3 +244,43 @@ def test_missing_batch_pvc_and_path_are_named(kube: KubeAPI, env: dict[str, Path
     done = cli(env, "push", "noclaim", "x")
     assert done.returncode == 2, done
     assert "PersistentVolumeClaim noclaim-sierra-root not found" in done.stderr
+
+
+def test_logs_stream_a_runs_stdout_and_stderr_from_the_pvc(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    """`logs` reads the files on the PVC (not this machine's copy) through the same pod."""
+    state = env["pvc"] / "proj/batch/scratch/sierra-operator/c1-exp2"
+    state.mkdir(parents=True, exist_ok=True)
+    out = "".join(f"step {i}\n" for i in range(20000))  # ~200 KB: several exec messages
+    (state / "run1.stdout").write_text(out)
+    (state / "run1.stderr").write_text("Traceback: boom\n")
+    local_copy = env["local"] / "proj/batch/scratch/sierra-operator/c1-exp2"
+    local_copy.mkdir(parents=True, exist_ok=True)
+    (local_copy / "run1.stdout").write_text("stale local copy\n")
+    done = cli(env, "logs", "forage", "c1-exp2", "1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == out
+    assert done.stderr == "Traceback: boom\n"
+    done = cli(env, "logs", "forage", "c1-exp2", "7")
+    assert done.returncode == 2, done
+    assert "no output of c1-exp2/run7" in done.stderr
+    done = cli(env, "logs", "forage", "../../etc", "0")
+    assert done.returncode == 2, done
+    assert transfer_pods(kube) == []
+
+
+def test_logs_of_a_local_batch(env: dict[str, Path]) -> None:
+    batch_file = env["tmp"] / "local-batch.yaml"
+    batch_file.write_text(
+        "apiVersion: sierra.research.io/v1alpha1\nkind: SierraBatch\n"
+        "metadata: {name: here}\nspec:\n  experiments:\n"
+        "    - name: c1-exp0\n      runs: [{command: 'true'}]\n"
+    )
+    state = env["tmp"] / "local-root/here/scratch/sierra-operator/c1-exp0"
+    state.mkdir(parents=True)
+    (state / "run0.stdout").write_text("out\n")
+    argv = [sys.executable, "-m", "sierra_operator.cli", "logs", "--local", str(batch_file)]
+    argv += ["c1-exp0", "0", "--sierra-root", str(env["tmp"] / "local-root")]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "")

@@ -90,9 +90,11 @@ async def run_in_pod(
     *,
     stdout: Callable[[bytes], Awaitable[None]],
     stdin: AsyncIterator[bytes] | None = None,
+    stderr: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> ExecOutcome:
     """Run ``command`` in ``pod`` and wait for it: ``stdin`` chunks are sent as they come,
-    each stdout chunk is given to ``stdout`` as it arrives (so nothing is held in memory).
+    each stdout chunk is given to ``stdout`` as it arrives (so nothing is held in memory),
+    and so is each stderr chunk to ``stderr`` if given (its end is kept for the outcome).
 
     Raises :class:`ExecStreamCut` when the stream ends without an exit status, a
     :class:`ClusterError` when the API server refuses the exec (permission, no such pod,
@@ -127,7 +129,7 @@ async def run_in_pod(
         ) from None
     sender = asyncio.ensure_future(_send_stdin(ws, stdin)) if stdin is not None else None
     status: dict[str, Any] | None = None
-    stderr = bytearray()
+    err_tail = bytearray()
     try:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
@@ -142,8 +144,10 @@ async def run_in_pod(
             if channel == STDOUT:
                 await stdout(payload)
             elif channel == STDERR:
-                stderr += payload
-                del stderr[:-STDERR_KEPT]
+                if stderr is not None:
+                    await stderr(payload)
+                err_tail += payload
+                del err_tail[:-STDERR_KEPT]
             elif channel == STATUS:
                 status = json.loads(payload)
         if sender is not None and sender.done() and not sender.cancelled():
@@ -154,10 +158,10 @@ async def run_in_pod(
             await asyncio.gather(sender, return_exceptions=True)
         await ws_cm.__aexit__(None, None, None)
     if status is None:
-        tail = one_line(bytes(stderr).decode(errors="replace"))[-600:]
+        tail = one_line(bytes(err_tail).decode(errors="replace"))[-600:]
         raise ExecStreamCut(
             f"the exec stream from pod {namespace}/{pod} ended before the command's exit "
             f"status (connection dropped or pod gone){': ' + tail if tail else ''}"
         )
     code, message = exit_code_of(status)
-    return ExecOutcome(code, message, bytes(stderr))
+    return ExecOutcome(code, message, bytes(err_tail))

@@ -156,10 +156,11 @@ async def _chunks_of(pipe: Pipe) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _with_pod(
+async def with_pod(
     conn: Connection, target: Target, work: Callable[[Any, str], Any], pod_timeout: float
 ) -> Any:
-    """Run ``work(ws_api, pod)`` with a transfer pod; API errors become ClusterErrors."""
+    """Run ``work(ws_api, pod)`` with a transfer pod (deleted afterwards, whatever
+    happens); an unreachable API server becomes a ClusterError."""
     from kubernetes_asyncio import client
     from kubernetes_asyncio.stream import WsApiClient
 
@@ -220,7 +221,7 @@ async def push(
             raise ClusterError(f"archiving {local} failed: {counts}", 1)
         return Transferred(counts.files, counts.bytes, _remote(target, rel))
 
-    result: Transferred = await _with_pod(conn, target, work, pod_timeout)
+    result: Transferred = await with_pod(conn, target, work, pod_timeout)
     return result
 
 
@@ -284,7 +285,7 @@ async def fetch(
             await asyncio.gather(unpacking, return_exceptions=True)
             remove_tree(stage)
 
-    result: Transferred = await _with_pod(conn, target, work, pod_timeout)
+    result: Transferred = await with_pod(conn, target, work, pod_timeout)
     return result
 
 
@@ -295,13 +296,22 @@ def describe(done: Transferred, direction: str, local: Path) -> str:
     return f"{direction} {done.files} files ({size:.1f} MiB): {local} {arrow} {done.remote}"
 
 
-async def batch_target(
+@dataclass(frozen=True)
+class Located:
+    """A batch found through the researcher's connection, and where its sierra-root is."""
+
+    conn: Connection
+    obj: dict[str, Any]
+    target: Target
+
+
+async def locate(
     batch: str, namespace: str | None, context: str | None, image: str | None = None
-) -> tuple[Connection, Target]:
-    """The researcher's connection and where batch ``batch``'s sierra-root is (reading the
-    batch needs ``get`` on sierrabatches)."""
+) -> Located:
+    """Read batch ``batch`` (``get`` on sierrabatches) and find its PVC and image."""
     from sierra_operator.cluster.batch_status import read_with
     from sierra_operator.cluster.researcher_api import connect
 
     conn = await connect(namespace, context)
-    return conn, target_of(await read_with(conn, batch), conn.namespace, image)
+    obj = await read_with(conn, batch)
+    return Located(conn, obj, target_of(obj, conn.namespace, image))
