@@ -163,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
     sub.add_parser(
         "sierra-plugin-path",
-        help="print the directory to add to SIERRA_PLUGIN_PATH for --execenv=sierraop.local",
+        help="print the directory to add to SIERRA_PLUGIN_PATH (sierraop.local, sierraop.cluster)",
     )
     return parser
 
@@ -251,8 +251,10 @@ def _transfer(args: argparse.Namespace, console: Console, err: Console) -> int:
         found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
         root = (args.sierra_root or Path(found.target.mount_path)).absolute()
         rel = transfer.relative_path(args.path, root)
-        move = transfer.push if args.command == "push" else transfer.fetch
-        done = await move(found.conn, found.target, root, rel, args.pod_timeout)
+        if args.command == "push":
+            done = await transfer.push(found.conn, found.target, root, [rel], args.pod_timeout)
+        else:
+            done = await transfer.fetch(found.conn, found.target, root, rel, args.pod_timeout)
         direction = "pushed" if args.command == "push" else "fetched"
         _plain(console, transfer.describe(done, direction, root / rel))
         return 0

@@ -65,11 +65,7 @@ def env(kube: KubeAPI, tmp_module: Path) -> Iterator[dict[str, Path]]:
         },
     }
     kube.create_batch("research", batch)
-    with kube.http() as http:
-        http.post(
-            "/api/v1/namespaces/research/persistentvolumeclaims",
-            json={"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM}},
-        ).raise_for_status()
+    kube.create_pvc("research", CLAIM)
     kubeconfig = write_kubeconfig(tmp_module / "kubeconfig-researcher", kube.url, "researcher")
     runner = JobRunner(kube.url, tmp_module / "pods", claims={CLAIM: pvc}).start()
     yield {"local": local, "pvc": pvc, "kubeconfig": kubeconfig, "tmp": tmp_module}

@@ -92,7 +92,7 @@ def test_pod_states() -> None:
 
 def archive_of(root: Path, rel: str) -> bytes:
     pipe = Pipe(limit=1 << 30)
-    write_archive(root, PurePosixPath(rel), pipe)
+    write_archive(root, [PurePosixPath(rel)], pipe)
     return pipe.read()
 
 

@@ -128,21 +128,22 @@ def _counted(counts: list[int]) -> Callable[[tarfile.TarInfo], tarfile.TarInfo]:
     return count
 
 
-def write_archive(root: Path, rel: PurePosixPath, out: Pipe) -> Counts:
-    """Archive ``root/rel`` (a file or a tree; symlinks as symlinks) as ``rel/...`` into
+def write_archive(root: Path, rels: list[PurePosixPath], out: Pipe) -> Counts:
+    """Archive each ``root/rel`` (a file or a tree; symlinks as symlinks) as ``rel/...`` into
     ``out``, then :data:`MARKER` holding the counts, and close ``out``. On any error ``out``
     is aborted (the receiving side must not take a partial archive) and the error raised."""
     counts = [0, 0]
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            tar.add(root / rel, arcname=str(rel), filter=_counted(counts))
+            for rel in rels:
+                tar.add(root / rel, arcname=str(rel), filter=_counted(counts))
             marker = json.dumps({"files": counts[0], "bytes": counts[1]}).encode()
             info = tarfile.TarInfo(MARKER)
             info.size = len(marker)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(marker))
     except BaseException as exc:
-        out.abort(f"archiving {root / rel} failed: {exc}")
+        out.abort(f"archiving under {root} failed: {exc}")
         raise
     out.close()
     return Counts(counts[0], counts[1])

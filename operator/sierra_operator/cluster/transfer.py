@@ -57,9 +57,10 @@ EXIT_TRANSFER_FAILED = 1
 STAGING = ".sierraop-staging"
 """Directory at the top of the PVC holding pushes being unpacked (each in its own dir)."""
 
-# `sh -c SCRIPT sh ROOT REL STAGE`: paths are arguments, never pasted into the script.
+# `sh -c SCRIPT sh ROOT STAGE REL...`: paths are arguments, never pasted into the script.
 PUSH_SCRIPT = f"""set -eu
-root=$1 rel=$2 stage=$3
+root=$1 stage=$2
+shift 2
 mkdir -p "$stage"
 trap 'rm -rf "$stage"' EXIT
 tar -x -o -f - -C "$stage"
@@ -67,18 +68,20 @@ if [ ! -f "$stage/{MARKER}" ]; then
   echo "the archive ended before its end marker: nothing was put in place" >&2; exit 65
 fi
 want=$(sed -n 's/.*"files": *\\([0-9]*\\).*/\\1/p' "$stage/{MARKER}")
-got=$(find "$stage/$rel" -type f | wc -l)
+got=$(( $(find "$stage" -type f | wc -l) - 1 ))
 if [ "$got" -ne "$want" ]; then
   echo "unpacked $got files, the archive announced $want: nothing was put in place" >&2
   exit 65
 fi
-if [ -d "$stage/$rel" ]; then
-  mkdir -p "$root/$rel"
-  cp -a -l -f "$stage/$rel/." "$root/$rel/"
-else
-  mkdir -p "$(dirname "$root/$rel")"
-  cp -a -l -f "$stage/$rel" "$root/$rel"
-fi
+for rel in "$@"; do
+  if [ -d "$stage/$rel" ]; then
+    mkdir -p "$root/$rel"
+    cp -a -l -f "$stage/$rel/." "$root/$rel/"
+  else
+    mkdir -p "$(dirname "$root/$rel")"
+    cp -a -l -f "$stage/$rel" "$root/$rel"
+  fi
+done
 """
 FETCH_SCRIPT = f"""set -eu
 root=$1 rel=$2
@@ -179,17 +182,19 @@ async def push(
     conn: Connection,
     target: Target,
     sierra_root: Path,
-    rel: PurePosixPath,
+    rels: list[PurePosixPath],
     pod_timeout: float = 300.0,
 ) -> Transferred:
-    """Upload ``sierra_root/rel`` to the same path under the PVC's mount."""
-    local = sierra_root / rel
-    if not local.exists():
-        raise ClusterError(f"{local} does not exist: nothing to push", 2)
+    """Upload each ``sierra_root/rel`` to the same path under the PVC's mount, in one
+    archive (one pod): all of them are put in place, or none."""
+    for rel in rels:
+        if not (sierra_root / rel).exists():
+            raise ClusterError(f"{sierra_root / rel} does not exist: nothing to push", 2)
+    shown = rels[0] if len(rels) == 1 else PurePosixPath("{" + ",".join(map(str, rels)) + "}")
 
     async def work(ws_api: Any, pod: str) -> Transferred:
         pipe = Pipe()
-        archiving = asyncio.ensure_future(asyncio.to_thread(write_archive, sierra_root, rel, pipe))
+        archiving = asyncio.ensure_future(asyncio.to_thread(write_archive, sierra_root, rels, pipe))
         out = bytearray()
 
         async def keep(data: bytes) -> None:
@@ -202,24 +207,25 @@ async def push(
                 target.namespace,
                 pod,
                 CONTAINER,
-                ["sh", "-c", PUSH_SCRIPT, "sh", target.mount_path, str(rel), stage],
+                ["sh", "-c", PUSH_SCRIPT, "sh", target.mount_path, stage, *map(str, rels)],
                 stdin=_chunks_of(pipe),
                 stdout=keep,
             )
         except ExecStreamCut as exc:
             raise ClusterError(
-                f"pushing to {_remote(target, rel)} failed: {exc}; nothing was put in place there",
+                f"pushing to {_remote(target, shown)} failed: {exc}; nothing was put in place "
+                "there",
                 1,
             ) from None
         finally:
             pipe.abort("the transfer ended")  # the archiving thread stops if still going
             done = await asyncio.gather(archiving, return_exceptions=True)
         if outcome.exit_code != 0:
-            raise _failed("pushing to", target, rel, outcome)
+            raise _failed("pushing to", target, shown, outcome)
         counts = done[0]
         if not isinstance(counts, Counts):
-            raise ClusterError(f"archiving {local} failed: {counts}", 1)
-        return Transferred(counts.files, counts.bytes, _remote(target, rel))
+            raise ClusterError(f"archiving under {sierra_root} failed: {counts}", 1)
+        return Transferred(counts.files, counts.bytes, _remote(target, shown))
 
     result: Transferred = await with_pod(conn, target, work, pod_timeout)
     return result
