@@ -44,7 +44,8 @@ kubernetes_asyncio). What is added to ``kmock.KubernetesEmulator`` and why:
   with the container's environment and working directory. The client closing the websocket
   closes the command's stdin; the status is sent after all of its output. For fault tests,
   a JSON file :data:`EXEC_FAULTS_FILE` next to the audit log makes the next exec drop its
-  connection after so many stdin or stdout bytes (a network cut), then is removed;
+  connection after so many stdin or stdout bytes (a network cut) or send its stdout slowly,
+  then is removed;
 * resources the operator uses are declared for discovery; namespaces are pre-created;
 * only recent requests are kept in kmock's own request log (it is scanned per request);
 * an audit log (like a real API server's): one JSON line per resource request with the
@@ -781,7 +782,7 @@ class Apiserver(kmock.KubernetesEmulator):
 
     def _exec_faults(self) -> dict[str, int]:
         """The test's faults for this exec (then forgotten): ``cut_stdin_after`` /
-        ``cut_stdout_after`` bytes."""
+        ``cut_stdout_after`` bytes, ``stdout_delay_ms`` per stdout message (a slow link)."""
         if self.audit_path is None:
             return {}
         path = self.audit_path.with_name(EXEC_FAULTS_FILE)
@@ -864,7 +865,9 @@ class Apiserver(kmock.KubernetesEmulator):
             assert stream is not None
             sent = 0
             limit = faults.get("cut_stdout_after") if channel == 1 else None
+            delay = faults.get("stdout_delay_ms", 0) / 1000 if channel == 1 else 0
             while chunk := await stream.read(32 * 1024):
+                await asyncio.sleep(delay)
                 if cut.is_set():
                     continue  # nobody listens: output is dropped until the command ends
                 if limit is not None and sent + len(chunk) > limit:

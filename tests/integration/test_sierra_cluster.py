@@ -64,17 +64,19 @@ def stage2_in_cluster(
     root: Path,
     namespace: str,
     *extra: str,
+    stages: tuple[str, ...] = ("2", "3", "4"),
+    new_batch: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """``sierra --pipeline 2 3 4 --execenv sierraop.cluster`` as a subprocess; the worker
-    "pod" is started once the operator rendered its Deployment (nothing runs Deployments
-    here)."""
+    """``sierra --pipeline 2 3 4 --execenv sierraop.cluster`` as a subprocess; for a
+    ``new_batch`` the worker "pod" is started once the operator rendered its Deployment
+    (nothing runs Deployments here)."""
     args = ("--execenv", "sierraop.cluster", "--image", "localhost:5001/sierra:test")
     args += ("--claim", CLAIMS[namespace], "--namespace", namespace, *extra)
     env = sierra_env({"KUBECONFIG": str(cluster["kubeconfig"])})
-    out = root.parent / f"sierra-{namespace}.out"
+    out = root.parent / f"sierra-{namespace}-{len(list(root.parent.glob('sierra-*.out')))}.out"
     with out.open("w") as sink:
         proc = subprocess.Popen(
-            _sierra_cmd(root, "--pipeline", "2", "3", "4", *args),
+            _sierra_cmd(root, "--pipeline", *stages, *args),
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
@@ -83,7 +85,8 @@ def stage2_in_cluster(
         try:
             wait_for(
                 lambda: (
-                    proc.poll() is not None
+                    not new_batch
+                    or proc.poll() is not None
                     or kube.get(
                         f"/apis/apps/v1/namespaces/{namespace}/deployments/{names.worker_name(NAME)}"
                     )
@@ -91,7 +94,7 @@ def stage2_in_cluster(
                 300,
                 "the batch's worker Deployment",
             )
-            if proc.poll() is None:
+            if new_batch and proc.poll() is None:
                 workers.start_from_deployment(namespace, names.worker_name(NAME))
             code = proc.wait(timeout=900)
         finally:
@@ -135,6 +138,21 @@ def test_stage2_in_the_cluster_then_stages_3_and_4_here(
     assert spec["sierraRoot"] == {"claimName": "sierra-root", "mountPath": str(root.resolve())}
     assert spec["execution"]["parallelism"] == 2
     assert spec["image"] == {"repository": "localhost:5001/sierra", "tag": "test"}
+
+    # Stage 2 again: a Succeeded batch is not run twice; --exec-resume fetches its outputs.
+    again = stage2_in_cluster(
+        kube, workers, cluster, root, "research", stages=("2",), new_batch=False
+    )
+    assert again.returncode == 2, again.stdout
+    assert f"SierraBatch research/{NAME} already Succeeded: pass --exec-resume" in again.stdout
+    shutil.rmtree(batch_root / "exp-outputs")
+    again = stage2_in_cluster(
+        kube, workers, cluster, root, "research", "--exec-resume", stages=("2",), new_batch=False
+    )
+    assert again.returncode == 0, again.stdout
+    assert "exists (Succeeded): following it" in again.stdout
+    assert "pushing" not in again.stdout
+    assert files(batch_root / "exp-outputs") == outputs
     pods = kube.get("/api/v1/namespaces/research/pods") or {}
     assert not [
         p

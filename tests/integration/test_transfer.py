@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster import REPO, KubeAPI, write_kubeconfig
+from tests.integration.cluster import REPO, KubeAPI, wait_for, write_kubeconfig
 from tests.job_runner import JobRunner
 from tests.kube_api import EXEC_FAULTS_FILE
 
@@ -280,3 +281,36 @@ def test_logs_of_a_local_batch(env: dict[str, Path]) -> None:
     argv += ["c1-exp0", "0", "--sierra-root", str(env["tmp"] / "local-root")]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "")
+
+
+def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    remote = env["pvc"] / "slow"
+    make_tree(remote, files=20, big=4 * 1024 * 1024)
+    cut_next_exec(env, stdout_delay_ms=200)  # ~30 s for the whole archive
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sierra_operator.cli", "fetch", "forage", "slow", "-n", "research"],
+        cwd=REPO,
+        env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"])),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: list(env["local"].glob(".sierraop-fetch-*/slow/**/*.json")),
+            60,
+            "the fetch to be under way",
+        )
+        assert transfer_pods(kube), "the transfer pod exists while it runs"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    assert transfer_pods(kube) == []
+    assert not (env["local"] / "slow").exists()
+    assert not list(env["local"].glob(".sierraop-fetch-*"))

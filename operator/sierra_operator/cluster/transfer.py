@@ -34,6 +34,7 @@ from sierra_operator.cluster.researcher_api import (
     ClusterError,
     Connection,
     network_errors,
+    one_line,
     unreachable,
 )
 from sierra_operator.cluster.tar_stream import (
@@ -61,6 +62,8 @@ STAGING = ".sierraop-staging"
 PUSH_SCRIPT = f"""set -eu
 root=$1 stage=$2
 shift 2
+# Staging dirs of pushes cut short over a day ago (their pods are gone: activeDeadline).
+find "$(dirname "$stage")" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {{}} + 2>/dev/null || :
 mkdir -p "$stage"
 trap 'rm -rf "$stage"' EXIT
 tar -x -o -f - -C "$stage"
@@ -165,6 +168,7 @@ async def with_pod(
     """Run ``work(ws_api, pod)`` with a transfer pod (deleted afterwards, whatever
     happens); an unreachable API server becomes a ClusterError."""
     from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
     from kubernetes_asyncio.stream import WsApiClient
 
     try:
@@ -176,6 +180,11 @@ async def with_pod(
             return await work(ws_api, pod)
     except network_errors() as exc:
         raise unreachable(conn, exc) from None
+    except ApiException as exc:  # what the specific handlers did not expect
+        raise ClusterError(
+            f"the Kubernetes API server answered {exc.status} {exc.reason} "
+            f"(namespace {target.namespace}): {one_line(exc.body)[:300]}"
+        ) from None
 
 
 async def push(
@@ -195,10 +204,9 @@ async def push(
     async def work(ws_api: Any, pod: str) -> Transferred:
         pipe = Pipe()
         archiving = asyncio.ensure_future(asyncio.to_thread(write_archive, sierra_root, rels, pipe))
-        out = bytearray()
 
-        async def keep(data: bytes) -> None:
-            out.extend(data[-4096:])
+        async def ignore(data: bytes) -> None:
+            """The push script writes nothing on stdout; its errors come on stderr."""
 
         stage = f"{target.mount_path.rstrip('/')}/{STAGING}/{pod}"
         try:
@@ -209,7 +217,7 @@ async def push(
                 CONTAINER,
                 ["sh", "-c", PUSH_SCRIPT, "sh", target.mount_path, stage, *map(str, rels)],
                 stdin=_chunks_of(pipe),
-                stdout=keep,
+                stdout=ignore,
             )
         except ExecStreamCut as exc:
             raise ClusterError(
