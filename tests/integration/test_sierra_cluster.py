@@ -13,7 +13,6 @@ the local sierra-root, and fetch has something to do).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -24,18 +23,23 @@ import pytest
 
 from sierra_operator.core import names
 from tests.integration.cluster import KubeAPI, Operator, Workers, wait_for, write_kubeconfig
-from tests.integration.helpers import assert_only_sierra_outputs
-from tests.integration.test_sierra import BATCH, EXPERIMENTS, _require, _sierra_cmd, files, stage1
+from tests.integration.helpers import (
+    assert_only_sierra_outputs,
+    require,
+    require_mount_namespaces,
+)
+from tests.integration.test_sierra import BATCH, EXPERIMENTS, _sierra_cmd, files, stage1
 from tests.integration.test_sierra import _env as sierra_env
 from tests.job_runner import JobRunner
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
-        reason="the emulated kubelet mounts PVCs with unshare/nsenter (root, util-linux)",
-    ),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mount_namespaces() -> None:
+    require_mount_namespaces()
+
+
 NAMESPACES = ["research", "fails"]
 CLAIMS = {"research": "sierra-root", "fails": "other-root"}
 NAME = "template-speed-1-3-c3"  # the SierraBatch the plugin names after SIERRA's batch root
@@ -105,7 +109,7 @@ def stage2_in_cluster(
 
 @pytest.fixture(autouse=True)
 def _sierra_installed() -> None:
-    _require("sierra-research (the dev extra)", Path(shutil.which("sierra") or "").exists())
+    require("sierra-research (the dev extra)", Path(shutil.which("sierra") or "").exists())
 
 
 def test_stage2_in_the_cluster_then_stages_3_and_4_here(

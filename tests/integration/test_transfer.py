@@ -24,16 +24,18 @@ from typing import Any
 import pytest
 
 from tests.integration.cluster import REPO, KubeAPI, wait_for, write_kubeconfig
+from tests.integration.helpers import require_mount_namespaces
 from tests.job_runner import JobRunner
 from tests.kube_api import EXEC_FAULTS_FILE
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
-        reason="the emulated kubelet mounts PVCs with unshare/nsenter (root, util-linux)",
-    ),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mount_namespaces() -> None:
+    require_mount_namespaces()
+
+
 NAMESPACES = ["research"]
 CLAIM = "shared-root"
 RESEARCHER_VERBS = {
