@@ -31,6 +31,18 @@ when its Job's ``status.failed`` exceeds ``backoffLimit`` or the Job is deleted,
 another Job of the same flow run is ``active`` or ``succeeded`` (it asks with a label
 selector, which the emulator applies as the API server does).
 
+The kubelet also runs **bare pods** (no owner: ``kubectl run``, the transfer pod of
+``sierra-operator push|fetch``): their container runs until it ends or the pod is deleted.
+While a container runs, its status carries ``containerID: emulated://<pid>``, which the
+emulator's ``pods/exec`` uses to run commands in the container (tests/kube_api.py).
+
+**PVCs**: a claim named in ``claims`` (claim name -> a directory standing for the volume)
+is mounted as the kubelet would: the container runs in a private mount namespace
+(``unshare --mount``) where the directory is bind-mounted at the ``mountPath``, so the pod
+sees the volume's files at that path while this machine sees its own files there (a
+transfer test needs both). Claims not named there need no mapping: tests use a
+``mountPath`` under their temp dir, so the path is the same "inside" and outside.
+
 Not modelled: scheduling (a pod is bound at once; no nodes, resources or quotas), images
 (the venv is the image), ``parallelism``/``completions`` other than 1, indexed Jobs,
 ``suspend``, ``activeDeadlineSeconds``, ``ttlSecondsAfterFinished`` (finished Jobs stay),
@@ -41,9 +53,6 @@ from the file under ``log_dir`` named in the pod annotation :data:`LOG_PATH_ANNO
 and a pod deletion's own ``gracePeriodSeconds`` (the
 runner's ``grace_seconds`` applies; Kubernetes' default is the pod's
 ``terminationGracePeriodSeconds``, 30 s).
-
-The sierra-root PVC needs no mapping: tests use a ``mountPath`` under their temp dir, so the
-path is the same "inside" and outside.
 """
 
 from __future__ import annotations
@@ -82,6 +91,10 @@ _OWNED_POD_CONDITIONS = {
     "Ready",
 }
 _MAX_FAILURE_BACKOFF = 360.0  # the Job controller's cap on its pod failure backoff (6 min)
+_BIND_MOUNTS = (
+    'while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 127; shift 2; done; shift; exec "$@"'
+)
+"""Run in a fresh mount namespace: bind each (volume dir, mountPath) pair, then the command."""
 
 
 def _now() -> str:
@@ -236,12 +249,14 @@ class JobRunner:
         poll: float = 0.3,
         grace_seconds: float = 2.0,
         failure_backoff: float = 10.0,
+        claims: dict[str, Path] | None = None,
     ) -> None:
         self.api_url = api_url
         self.log_dir = log_dir
         self.poll = poll
         self.grace_seconds = grace_seconds
         self.failure_backoff = failure_backoff
+        self.claims = dict(claims or {})
         self.started: dict[str, dict[str, Any]] = {}  # Job uid -> manifest, as first seen
         self._jobs: dict[str, _Job] = {}
         self._pods: dict[str, _Pod] = {}
@@ -384,6 +399,7 @@ class JobRunner:
                 continue
             self._see_jobs(jobs)
             self._see_pods(pods, listed_at)
+            self._see_bare_pods(pods)
 
     def _see_jobs(self, listed: list[dict[str, Any]]) -> None:
         by_uid = {job["metadata"]["uid"]: job for job in listed}
@@ -418,6 +434,31 @@ class JobRunner:
                 if obj is None or obj["metadata"].get("deletionTimestamp"):
                     pod.deleting.set()
                     pod.job.wake.set()
+
+    def _see_bare_pods(self, listed: list[dict[str, Any]]) -> None:
+        """Start the kubelet of each new pod that no Job owns (as the kubelet runs any pod
+        bound to its node). Its owner stand-in is a :class:`_Job` no controller drives."""
+        for obj in listed:
+            meta = obj["metadata"]
+            if meta.get("ownerReferences") or meta.get("deletionTimestamp"):
+                continue
+            if (obj.get("status") or {}).get("phase") not in (None, "Pending"):
+                continue  # already run (by an earlier runner) or finished
+            with self._lock:
+                if meta["uid"] in self._pods:
+                    continue
+                owner = _Job(raw={"metadata": dict(meta), "spec": {}})
+                pod = _Pod(
+                    job=owner,
+                    name=str(meta["name"]),
+                    uid=str(meta["uid"]),
+                    obj=obj,
+                    created=time.monotonic(),
+                    log=self.log_dir / f"{meta['name']}.log",
+                    conditions=list((obj.get("status") or {}).get("conditions") or []),
+                )
+                self._pods[pod.uid] = pod
+            self._spawn(self._kubelet, pod, name=f"pod-{pod.name}")
 
     def _spawn(self, target: Any, *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -708,9 +749,14 @@ class JobRunner:
         spec = pod.obj["spec"]
         container = spec["containers"][0]
         argv = [*container.get("command", []), *container.get("args", [])]
+        binds = self._binds(spec, container)
         for mount in container.get("volumeMounts", []):
             # The kubelet mounts the PVC; here the path is a local dir of the same name.
             Path(mount["mountPath"]).mkdir(parents=True, exist_ok=True)
+        if binds:
+            pairs = [path for bind in binds for path in bind]
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _BIND_MOUNTS]
+            argv += ["sh", *pairs, "--", *container.get("command", []), *container.get("args", [])]
         env = self._container_env(pod, container)
         try:
             # Under the lock until pod.proc is set: the command may act (a test sees its
@@ -742,6 +788,21 @@ class JobRunner:
         self._write_pod_status(pod)
         pod.done.set()
         pod.job.wake.set()
+
+    def _binds(self, spec: dict[str, Any], container: dict[str, Any]) -> list[tuple[str, str]]:
+        """(volume dir, mountPath) of each mount of a claim listed in ``claims``."""
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in spec.get("volumes") or []
+            if "persistentVolumeClaim" in v
+        }
+        binds = []
+        for mount in container.get("volumeMounts") or []:
+            claim = claims.get(mount["name"])
+            if claim in self.claims:
+                self.claims[claim].mkdir(parents=True, exist_ok=True)
+                binds.append((str(self.claims[claim]), str(mount["mountPath"])))
+        return binds
 
     def _supervise(self, pod: _Pod, proc: subprocess.Popen[bytes]) -> int:
         """Wait for the main process; on deletion SIGTERM it (a container's PID 1), then
@@ -854,8 +915,10 @@ class JobRunner:
     def _container_statuses(pod: _Pod) -> list[dict[str, Any]]:
         container = pod.obj["spec"]["containers"][0]
         state: dict[str, Any]
+        running_id = {}
         if pod.phase == "Running":
             state = {"running": {"startedAt": pod.started_at}}
+            running_id = {"containerID": f"emulated://{pod.proc.pid if pod.proc else 0}"}
         elif pod.phase in ("Succeeded", "Failed"):
             state = {
                 "terminated": {
@@ -878,6 +941,7 @@ class JobRunner:
                 "restartCount": 0,
                 "state": state,
                 "lastState": {},
+                **running_id,
             }
         ]
 

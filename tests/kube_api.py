@@ -36,12 +36,26 @@ kubernetes_asyncio). What is added to ``kmock.KubernetesEmulator`` and why:
   or ``limitBytes`` < 1, 400 for a non-integer one, for an unknown ``container`` or none
   named in a pod with several, and for ``previous=true`` (no container is ever restarted
   in place, so none has a previous log);
+* ``pods/exec`` over a websocket, as kube-apiserver + kubelet serve ``kubectl exec`` (see
+  :meth:`Apiserver._serve_exec`): subprotocol ``v4.channel.k8s.io`` (every message binary,
+  first byte the channel: 0 stdin, 1 stdout, 2 stderr, 3 the exit status as a
+  ``metav1.Status``), the command run in the running container (the job runner's process,
+  found by its ``containerID``) with ``nsenter --mount``, so it sees the pod's volumes, and
+  with the container's environment and working directory. The client closing the websocket
+  closes the command's stdin; the status is sent after all of its output. For fault tests,
+  a JSON file :data:`EXEC_FAULTS_FILE` next to the audit log makes the next exec drop its
+  connection after so many stdin or stdout bytes (a network cut) or send its stdout slowly,
+  then is removed;
 * resources the operator uses are declared for discovery; namespaces are pre-created;
 * only recent requests are kept in kmock's own request log (it is scanned per request);
 * an audit log (like a real API server's): one JSON line per resource request with the
   caller's bearer token as its identity, the RBAC verb and the object's name (for an Event,
   the object it is about), so tests can check that the chart's RBAC allows every call the
   operator and workers really make, and count the requests one batch costs.
+
+Not emulated for exec: ``tty``/resize (channel 4), the SPDY protocol (POST), ``v5`` (stdin
+close signal), and a container's own PID namespace (an exec'd process is a child of the
+emulator, killed with the container by the job runner, which finds it by its environment).
 
 Not emulated: admission (the CRD schema is not enforced here: tests/crd_validator.py checks
 it), RBAC, garbage collection by ownerReferences, controllers (a Job never gets Pods), the
@@ -135,6 +149,9 @@ RESOURCES: dict[str, dict[str, Any]] = {
 
 VERBS = {"create", "get", "list", "watch", "patch", "delete"}
 AUDIT_FILE = "kube-api.audit.jsonl"
+EXEC_FAULTS_FILE = "kube-api.exec-faults.json"
+EXEC_PROTOCOL = "v4.channel.k8s.io"
+_CONNECT_SUBRESOURCES = {"exec", "attach", "portforward"}
 _HTTP_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -202,8 +219,13 @@ def without_nulls(value: Any) -> Any:
     return value
 
 
-def rbac_verb(method: str, name: str | None, params: dict[str, str]) -> str:
-    """The RBAC verb a request needs, as kube-apiserver's authorizer derives it."""
+def rbac_verb(
+    method: str, name: str | None, params: dict[str, str], subresource: str | None = None
+) -> str:
+    """The RBAC verb a request needs, as kube-apiserver's authorizer derives it. A WebSocket
+    ``pods/exec`` (a GET) needs ``create`` since Kubernetes 1.35, as a POST always did."""
+    if subresource in _CONNECT_SUBRESOURCES:
+        return "create"
     if method == "GET":
         if params.get("watch", "").lower() in {"true", "1"}:
             return "watch"
@@ -555,9 +577,11 @@ class Apiserver(kmock.KubernetesEmulator):
             and request.resource.group == ""
             and request.resource.plural == "pods"
             and request.name is not None
-            and request.subresource == "log"
         ):
-            return await self._serve_log(request)
+            if request.subresource == "log":
+                return await self._serve_log(request)
+            if request.subresource == "exec":
+                return await self._serve_exec(request)
         if (
             request.action == enums.action.UPDATE
             and request.resource is not None
@@ -728,6 +752,159 @@ class Apiserver(kmock.KubernetesEmulator):
             text = text[:limit_bytes]
         return aiohttp.web.Response(body=text, content_type="text/plain")
 
+    async def _running_container(self, request: rendering.Request) -> tuple[str, int]:
+        """(container name, pid) of the running container an exec targets; the API
+        server's 404 (no pod) and 400 (bad or not running container) otherwise."""
+        assert request.resource is not None and request.name is not None
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            found = key in self._objects and not self._objects[key].deleted
+            pod = copy.deepcopy(self._objects[key].raw) if found else None
+        if pod is None:
+            raise kmock.KubernetesError(
+                status=404, reason="NotFound", message=f'pods "{request.name}" not found'
+            )
+        containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.params.get("container") or ""
+        if not container and len(containers) == 1:
+            container = containers[0]
+        elif container not in containers:
+            raise _bad_request(f"container {container} is not valid for pod {request.name}")
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            cid = str(status.get("containerID") or "")
+            if status.get("name") == container and "running" in (status.get("state") or {}):
+                if cid.startswith("emulated://"):
+                    return container, int(cid.removeprefix("emulated://"))
+        raise _bad_request(
+            f"unable to upgrade connection: container {container} in pod {request.name} is "
+            "not running"
+        )
+
+    def _exec_faults(self) -> dict[str, int]:
+        """The test's faults for this exec (then forgotten): ``cut_stdin_after`` /
+        ``cut_stdout_after`` bytes, ``stdout_delay_ms`` per stdout message (a slow link)."""
+        if self.audit_path is None:
+            return {}
+        path = self.audit_path.with_name(EXEC_FAULTS_FILE)
+        try:
+            faults = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        path.unlink(missing_ok=True)
+        return {k: int(v) for k, v in faults.items()}
+
+    async def _serve_exec(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """``pods/exec`` as kube-apiserver proxies it to the kubelet (module docstring):
+        the command runs in the container's mount namespace with its environment and
+        working directory; stdin, stdout and stderr are streamed on channels 0, 1 and 2 as
+        they come (never buffered whole), and the exit status follows on channel 3."""
+        raw = request._raw_request
+        assert raw is not None
+        command = raw.query.getall("command", [])
+        if not command:
+            raise _bad_request("you must specify at least 1 command")
+        _, pid = await self._running_container(request)
+        ws = aiohttp.web.WebSocketResponse(protocols=(EXEC_PROTOCOL,), max_msg_size=0)
+        if not ws.can_prepare(raw).ok:
+            raise _bad_request("pods/exec needs a websocket upgrade (SPDY is not emulated)")
+        await ws.prepare(raw)
+        faults = self._exec_faults()
+        want_stdin = raw.query.get("stdin", "").lower() in ("true", "1")
+        try:
+            env = dict(
+                item.split("=", 1)
+                for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+                if "=" in item
+            )
+        except OSError:  # the container ended in between
+            env = {}
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter",
+            "-t",
+            str(pid),
+            "--mount",
+            "--wd",
+            "--",
+            *command,
+            stdin=asyncio.subprocess.PIPE if want_stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        cut = asyncio.Event()
+
+        def drop_connection() -> None:
+            cut.set()
+            if raw.transport is not None:
+                raw.transport.abort()  # no close frame: what a lost connection looks like
+
+        async def pump_stdin() -> None:
+            assert proc.stdin is not None
+            received = 0
+            limit = faults.get("cut_stdin_after")
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+                        continue
+                    if msg.data[0] != 0:
+                        continue  # resize (4) and others: ignored
+                    data = msg.data[1:]
+                    if limit is not None and received + len(data) > limit:
+                        proc.stdin.write(data[: limit - received])
+                        drop_connection()
+                        break
+                    received += len(data)
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+            except (ConnectionError, RuntimeError):
+                pass
+            finally:
+                proc.stdin.close()  # the client is gone or done: the command's stdin ends
+
+        async def pump(stream: asyncio.StreamReader | None, channel: int) -> None:
+            assert stream is not None
+            sent = 0
+            limit = faults.get("cut_stdout_after") if channel == 1 else None
+            delay = faults.get("stdout_delay_ms", 0) / 1000 if channel == 1 else 0
+            while chunk := await stream.read(32 * 1024):
+                await asyncio.sleep(delay)
+                if cut.is_set():
+                    continue  # nobody listens: output is dropped until the command ends
+                if limit is not None and sent + len(chunk) > limit:
+                    await ws.send_bytes(bytes([channel]) + chunk[: limit - sent])
+                    drop_connection()
+                    proc.kill()  # its output has nowhere to go (as SIGPIPE would end it)
+                    continue
+                sent += len(chunk)
+                try:
+                    await ws.send_bytes(bytes([channel]) + chunk)
+                except (ConnectionError, RuntimeError):
+                    cut.set()
+
+        stdin_task = asyncio.ensure_future(pump_stdin()) if want_stdin else None
+        await asyncio.gather(pump(proc.stdout, 1), pump(proc.stderr, 2))
+        code = await proc.wait()
+        if not cut.is_set():
+            status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+            if code != 0:
+                status = {
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": f"command terminated with non-zero exit code: error executing "
+                    f"command {command}, exit code {code}",
+                    "reason": "NonZeroExitCode",
+                    "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+                }
+            try:
+                await ws.send_bytes(bytes([3]) + json.dumps(status).encode())
+                await ws.close()
+            except (ConnectionError, RuntimeError):
+                pass
+        if stdin_task is not None:
+            stdin_task.cancel()
+            await asyncio.gather(stdin_task, return_exceptions=True)
+        return ws
+
     def _forget_old_requests(self, keep: int = 64) -> None:
         """kmock keeps every request for assertions and matches each new one by scanning them
         all (O(n) per request, so a long test session slows to timeouts); nothing here asserts
@@ -746,7 +923,12 @@ class Apiserver(kmock.KubernetesEmulator):
             resource += "/" + request.subresource
         entry = {
             "user": auth.removeprefix("Bearer ").strip() or "anonymous",
-            "verb": rbac_verb(str(request.method.value), request.name, dict(request.params)),
+            "verb": rbac_verb(
+                str(request.method.value),
+                request.name,
+                dict(request.params),
+                request.subresource,
+            ),
             "group": request.resource.group or "",
             "resource": resource,
             "namespace": request.namespace,

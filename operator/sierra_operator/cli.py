@@ -1,5 +1,5 @@
-"""`sierra-operator` command line: local | run | validate | status | crd | rbac | version |
-sierra-plugin-path."""
+"""`sierra-operator` command line: local | run | validate | status | push | fetch | logs | crd |
+rbac | version | sierra-plugin-path."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -97,12 +98,63 @@ def _parser() -> argparse.ArgumentParser:
         "cluster cannot be used (no kubeconfig, unreachable, CRD missing, forbidden).",
     )
     status.add_argument("batch", help="SierraBatch name")
-    status.add_argument("-n", "--namespace", help="namespace (default: the context's)")
-    status.add_argument("--context", help="kubeconfig context (default: the current one)")
+    _cluster_args(status)
     status.add_argument(
         "--watch",
         action="store_true",
         help="print one progress line every 2 s until the batch Succeeded or Failed",
+    )
+    for direction, verb in (("push", "upload"), ("fetch", "download")):
+        transfer = sub.add_parser(
+            direction,
+            help=f"{verb} a path between the local sierra-root and a batch's PVC",
+            description=f"{verb.capitalize()} PATH (relative to sierra-root; default: all of "
+            "it) between the local sierra-root and the batch's PVC, through a short-lived pod "
+            "that mounts the PVC at the batch's mountPath and tar over pods/exec (your "
+            "kubeconfig and permissions, as kubectl cp). Streams any size; a broken transfer "
+            "is an error and puts nothing incomplete in place. Exit 0 done; 1 the transfer "
+            "failed; 2 no such batch, PVC or path; 3 the cluster cannot be used.",
+        )
+        transfer.add_argument("batch", help="SierraBatch name")
+        transfer.add_argument("path", nargs="?", default=None, help="path under sierra-root")
+        _cluster_args(transfer)
+        transfer.add_argument(
+            "--sierra-root",
+            type=Path,
+            default=None,
+            help="the local sierra-root (default: the batch's sierraRoot.mountPath, the same "
+            "absolute path as in the pods)",
+        )
+        transfer.add_argument(
+            "--image", help="image of the transfer pod (default: the batch's; needs sh and tar)"
+        )
+        transfer.add_argument(
+            "--pod-timeout",
+            type=float,
+            default=300.0,
+            help="seconds the transfer pod may take to start (default: 300)",
+        )
+    logs = sub.add_parser(
+        "logs",
+        help="print one run's stdout and stderr from sierra-root",
+        description="Print the stdout (to stdout) and stderr (to stderr) that run RUN of "
+        "EXPERIMENT wrote, from the files under <batch root>/scratch/sierra-operator/ (the "
+        "whole output, whatever became of the run's pod). In the cluster they are read "
+        "through a short-lived pod mounting the batch's PVC, as push/fetch do; with --local "
+        "BATCH is a batch file and they are read under --sierra-root. Exit 0; 1 reading "
+        "failed; 2 no such batch or no output of that run; 3 the cluster cannot be used.",
+    )
+    logs.add_argument("batch", help="SierraBatch name (with --local: the batch file)")
+    logs.add_argument("experiment", help="experiment name, e.g. c1-exp0")
+    logs.add_argument("run", type=int, help="run number within the experiment, from 0")
+    _cluster_args(logs)
+    logs.add_argument("--image", help="image of the pod (default: the batch's; needs sh)")
+    logs.add_argument("--pod-timeout", type=float, default=300.0)
+    logs.add_argument(
+        "--local", action="store_true", help="read a local-mode batch's files on this machine"
+    )
+    logs.add_argument(
+        "--sierra-root", type=Path, default=None, help="with --local (default: ./sierra-root)"
     )
     sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
     sub.add_parser(
@@ -111,9 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
     sub.add_parser(
         "sierra-plugin-path",
-        help="print the directory to add to SIERRA_PLUGIN_PATH for --execenv=sierraop.local",
+        help="print the directory to add to SIERRA_PLUGIN_PATH (sierraop.local, sierraop.cluster)",
     )
     return parser
+
+
+def _cluster_args(parser: argparse.ArgumentParser) -> None:
+    """Where to find the batch, as kubectl's flags say it."""
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
 def _plain(console: Console, text: str) -> None:
@@ -167,6 +225,69 @@ def _status(args: argparse.Namespace, console: Console, err: Console) -> int:
         return exc.exit_code
     except KeyboardInterrupt:  # --watch stopped by the user: the batch goes on in the cluster
         return 130
+
+
+def _cluster_command(err: Console, work: Any) -> int:
+    """Run a researcher's cluster command; its errors are one message and an exit code."""
+    import asyncio
+
+    from sierra_operator.cluster.researcher_api import ClusterError
+
+    try:
+        return int(asyncio.run(work()))
+    except ClusterError as exc:
+        err.print("[bold red]error:[/] ", end="")
+        _plain(err, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def _transfer(args: argparse.Namespace, console: Console, err: Console) -> int:
+    from sierra_operator.cluster import transfer
+
+    async def work() -> int:
+        found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
+        root = (args.sierra_root or Path(found.target.mount_path)).absolute()
+        rel = transfer.relative_path(args.path, root)
+        if args.command == "push":
+            done = await transfer.push(found.conn, found.target, root, [rel], args.pod_timeout)
+        else:
+            done = await transfer.fetch(found.conn, found.target, root, rel, args.pod_timeout)
+        direction = "pushed" if args.command == "push" else "fetched"
+        _plain(console, transfer.describe(done, direction, root / rel))
+        return 0
+
+    return _cluster_command(err, work)
+
+
+def _logs(args: argparse.Namespace, err: Console) -> int:
+    from sierra_operator.cluster import run_logs, transfer
+
+    async def work() -> int:
+        if args.local:
+            from sierra_operator.inputs.loader import load, resolve_sierra_root
+
+            sierra_root = resolve_sierra_root(args.sierra_root or Path("sierra-root"))
+            loaded = load(Path(args.batch), sierra_root)
+            run_logs.print_local(loaded.batch_root, args.experiment, args.run)
+            return 0
+        found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
+        path = run_logs.batch_path(found.obj, found.target.mount_path)
+        await run_logs.print_remote(
+            found.conn,
+            found.target,
+            path,
+            args.experiment,
+            args.run,
+            sys.stdout.buffer,
+            sys.stderr.buffer,
+            args.pod_timeout,
+        )
+        return 0
+
+    return _cluster_command(err, work)
 
 
 def _run_operator(args: argparse.Namespace) -> int:
@@ -274,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args, console)
         if args.command == "status":
             return _status(args, console, err)
+        if args.command in ("push", "fetch"):
+            return _transfer(args, console, err)
+        if args.command == "logs":
+            return _logs(args, err)
         if args.command == "run":
             return _run_operator(args)
         return _local(args, console)

@@ -106,6 +106,14 @@ class KubeAPI:
         with self.http() as http:
             http.post(f"/api/v1/namespaces/{namespace}/secrets", json=doc).raise_for_status()
 
+    def create_pvc(self, namespace: str, name: str) -> None:
+        """A PersistentVolumeClaim object (the job runner maps its claim to a directory)."""
+        doc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}}
+        with self.http() as http:
+            http.post(
+                f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", json=doc
+            ).raise_for_status()
+
     def events(self, namespace: str) -> list[dict[str, Any]]:
         found = self.get(f"/api/v1/namespaces/{namespace}/events") or {}
         return list(found.get("items", []))

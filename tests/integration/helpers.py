@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 PROBE = Path(__file__).with_name("probe.py")
@@ -177,3 +180,21 @@ def check_invariants(batch_root: Path, runs: int) -> dict:
         "overlaps": 0,
         "runs retried": len({(e, r) for (e, r, a) in starts if a > 1}),
     }
+
+
+def require(what: str, ok: bool) -> None:
+    """Missing tools skip here and fail in CI (scripts/test installs them)."""
+    if not ok:
+        message = f"these tests need {what} (bash scripts/test installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def require_mount_namespaces() -> None:
+    """The emulated kubelet mounts PVCs with ``unshare`` and ``pods/exec`` enters them with
+    ``nsenter`` (util-linux), both as root."""
+    require(
+        "root and unshare/nsenter (util-linux), for PVC mounts in the emulated kubelet",
+        os.geteuid() == 0 and bool(shutil.which("unshare")) and bool(shutil.which("nsenter")),
+    )

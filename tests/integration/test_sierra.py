@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from sierra_operator.sierra.execenv import plugin_path
-from tests.integration.helpers import assert_only_sierra_outputs, status
+from tests.integration.helpers import assert_only_sierra_outputs, require, status
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +34,10 @@ BATCH = Path("sotest.tinyproj/default.default/flat/template-speed.1.3.C3")
 EXPERIMENTS = ["c1-exp0", "c1-exp1", "c1-exp2"]
 
 
-def _require(what: str, ok: bool) -> None:
-    """Missing tools skip here and fail in CI (scripts/test installs them)."""
-    if not ok:
-        message = f"SIERRA tests need {what} (bash scripts/test installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(autouse=True)
 def _tools() -> None:
-    _require("sierra-research (the dev extra)", SIERRA.exists())
-    _require(
+    require("sierra-research (the dev extra)", SIERRA.exists())
+    require(
         "GNU parallel (apt-get install parallel), for SIERRA's hpc.local",
         bool(shutil.which("parallel")),
     )

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import kmock
 import pytest
@@ -423,3 +427,70 @@ def test_pod_log_is_the_log_files_text(tmp_path: Path) -> None:
             await api.close()
 
     run(test)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("nsenter"), reason="exec enters the container: root"
+)
+def test_pod_exec_speaks_the_v4_channel_protocol(tmp_path: Path) -> None:
+    """A raw websocket client (not kubernetes_asyncio) against ``pods/exec``: stdin on
+    channel 0 reaches the command, stdout and stderr come on 1 and 2, the exit status as a
+    ``metav1.Status`` on 3 after them, then the server closes; the command runs with the
+    container's environment; a missing pod is 404, a container not running 400. (A closed
+    websocket ending the command's stdin is what tests/integration/test_transfer.py's cut
+    push relies on.)"""
+    container = subprocess.Popen(["sleep", "60"], env={"MARK": "in-the-container"})
+
+    async def test(url: str, http: httpx.AsyncClient) -> None:
+        running = pod("p")
+        running["status"] = {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "state": {"running": {}},
+                    "containerID": f"emulated://{container.pid}",
+                }
+            ],
+        }
+        await create(http, PODS, running)
+        await create(http, PODS, pod("pending"))
+        ws_url = url.replace("http://", "ws://")
+
+        async def execute(name: str, *command: str, stdin: bytes | None = None) -> dict[int, bytes]:
+            query = [("command", c) for c in command] + [("stdout", "true"), ("stderr", "true")]
+            query += [("stdin", "true")] if stdin is not None else []
+            got: dict[int, bytes] = {}
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(
+                    f"{ws_url}{PODS}/{name}/exec", params=query, protocols=("v4.channel.k8s.io",)
+                ) as ws,
+            ):
+                assert ws.protocol == "v4.channel.k8s.io"
+                if stdin is not None:
+                    await ws.send_bytes(b"\x04" + b'{"Width":80,"Height":24}')  # resize: ignored
+                    await ws.send_bytes(b"\x00" + stdin)
+                async for msg in ws:
+                    assert msg.type == aiohttp.WSMsgType.BINARY
+                    got[msg.data[0]] = got.get(msg.data[0], b"") + msg.data[1:]
+                    assert 3 not in got or msg.data[0] == 3, "nothing after the status"
+            return got
+
+        out = await execute("p", "sh", "-c", 'echo "$MARK"; echo oops >&2; exit 3')
+        assert out[1] == b"in-the-container\n" and out[2] == b"oops\n"
+        status = json.loads(out[3])
+        assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+        assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+        out = await execute("p", "head", "-c", "5", stdin=b"hello world")
+        assert out[1] == b"hello"
+        assert json.loads(out[3]) == {"metadata": {}, "status": "Success"}
+        for name, code in (("nope", 404), ("pending", 400)):
+            resp = await http.get(f"{PODS}/{name}/exec", params={"command": "true"})
+            assert resp.status_code == code, resp.text
+
+    try:
+        run(test)
+    finally:
+        container.kill()
+        container.wait()

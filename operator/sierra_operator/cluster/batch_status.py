@@ -14,22 +14,27 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sierra_operator.cluster.researcher_api import (
+    EXIT_CLUSTER,
+    EXIT_NOT_FOUND,
+    ClusterError,
+    Connection,
+    connect,
+    network_errors,
+    one_line,
+    unreachable,
+)
+
 GROUP, VERSION, PLURAL = "sierra.research.io", "v1alpha1", "sierrabatches"
 
 EXIT_SUCCEEDED_OR_ACTIVE = 0
 EXIT_FAILED = 1
-EXIT_NOT_FOUND = 2
-EXIT_CLUSTER = 3
 _COLUMNS = ("EXPERIMENT", "PHASE", "TOTAL", "SUCCEEDED", "FAILED", "RUNNING", "PENDING")
 _COUNTS = ("total", "succeeded", "failed", "running", "pending")
 
 
-class StatusError(Exception):
-    """The batch could not be read; ``exit_code`` is 2 (no such batch) or 3 (cluster)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+StatusError = ClusterError
+"""The batch could not be read; ``exit_code`` is 2 (no such batch) or 3 (cluster)."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,7 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _text(value: Any) -> str:
-    """One line of user text: a reason may hold stderr's line breaks, which would break rows."""
-    return " ".join(str(value).split()) if value is not None else ""
+_text = one_line  # one line of user text: a reason may hold stderr's line breaks
 
 
 def _status(obj: dict[str, Any]) -> dict[str, Any]:
@@ -193,45 +196,38 @@ async def _serves_batches(objects: Any) -> bool:
     return any(r.name == PLURAL for r in found.resources or [])
 
 
+async def read_batch(api: Any, name: str, namespace: str) -> dict[str, Any]:
+    """The SierraBatch as stored, read with ``api`` (a kubernetes_asyncio ``ApiClient``);
+    a refusal becomes a :class:`StatusError` saying what to install or ask for."""
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    objects = client.CustomObjectsApi(api)
+    try:
+        obj = await objects.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=15
+        )
+    except ApiException as exc:
+        served = True
+        if exc.status == 404:
+            served = await _serves_batches(objects)
+        raise api_error(int(exc.status or 0), exc.body, name, namespace, served) from None
+    return dict(obj)
+
+
+async def read_with(conn: Connection, name: str) -> dict[str, Any]:
+    """:func:`read_batch` over a new client for ``conn`` (an unreachable server named)."""
+    from kubernetes_asyncio import client
+
+    async with client.ApiClient(configuration=conn.config) as api:
+        try:
+            return await read_batch(api, name, conn.namespace)
+        except network_errors() as exc:
+            raise unreachable(conn, exc) from None
+
+
 async def fetch(name: str, namespace: str | None, context: str | None) -> Fetched:
     """Read the batch with the kubeconfig's credentials (``context`` or its current one),
     in ``namespace`` or else the context's namespace, else ``default``, as kubectl does."""
-    import aiohttp
-    from kubernetes_asyncio import client, config
-    from kubernetes_asyncio.client.exceptions import ApiException
-    from kubernetes_asyncio.config.config_exception import ConfigException
-    from kubernetes_asyncio.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION
-
-    cfg = client.Configuration()
-    try:
-        loader = await config.load_kube_config(
-            context=context, client_configuration=cfg, persist_config=False
-        )
-    except (ConfigException, OSError, KeyError, TypeError, ValueError) as exc:
-        raise StatusError(
-            f"no usable kubeconfig ({KUBE_CONFIG_DEFAULT_LOCATION}"
-            f"{', context ' + context if context else ''}): {_text(exc)}; set KUBECONFIG or "
-            "create one (e.g. `kind export kubeconfig`), as kubectl needs",
-            EXIT_CLUSTER,
-        ) from None
-    current = (loader.current_context or {}).get("context") or {}
-    ns = namespace or _text(current.get("namespace")) or "default"
-    async with client.ApiClient(configuration=cfg) as api:
-        objects = client.CustomObjectsApi(api)
-        try:
-            obj = await objects.get_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, name, _request_timeout=15
-            )
-        except ApiException as exc:
-            served = True
-            if exc.status == 404:
-                served = await _serves_batches(objects)
-            raise api_error(int(exc.status or 0), exc.body, name, ns, served) from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise StatusError(
-                f"cannot reach the Kubernetes API server at {cfg.host} "
-                f"({type(exc).__name__}: {_text(exc)[:200]}); is the cluster up and the "
-                "kubeconfig's context the right one? (kubectl cluster-info)",
-                EXIT_CLUSTER,
-            ) from None
-    return Fetched(dict(obj), ns)
+    conn = await connect(namespace, context)
+    return Fetched(await read_with(conn, name), conn.namespace)

@@ -38,6 +38,7 @@ from sierra_operator.core.model import (
     SierraBatchSpec,
     SpecError,
     parse_batch,
+    read_status,
     stored_batch,
 )
 from sierra_operator.core.plan import Plan, PlanError, plan_from_experiments, plan_from_json
@@ -101,15 +102,6 @@ class _Batch:
         outcome = _blocked(status, self.now, type_, reason, message, phase, summary)
         outcome.events = self.events + outcome.events
         return _Stop(outcome)
-
-
-def read_status(raw: Mapping[str, Any] | None) -> BatchStatus:
-    """The stored status; fields this version does not know are ignored, not fatal."""
-    known = {f.alias or n for n, f in BatchStatus.model_fields.items()}
-    try:
-        return BatchStatus.model_validate({k: v for k, v in (raw or {}).items() if k in known})
-    except ValueError:
-        return BatchStatus()
 
 
 def status_document(status: BatchStatus) -> dict[str, Any]:

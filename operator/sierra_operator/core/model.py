@@ -911,3 +911,12 @@ def parse_batch(document: Any, source: str = "") -> SierraBatch:
         return SierraBatch.model_validate(plain, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None
+
+
+def read_status(raw: Mapping[str, Any] | None) -> BatchStatus:
+    """The stored status; fields this version does not know are ignored, not fatal."""
+    known = {f.alias or n for n, f in BatchStatus.model_fields.items()}
+    try:
+        return BatchStatus.model_validate({k: v for k, v in (raw or {}).items() if k in known})
+    except ValueError:
+        return BatchStatus()

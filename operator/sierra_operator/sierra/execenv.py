@@ -60,7 +60,8 @@ _CHILD_EXITS = {
 
 
 def plugin_path() -> Path:
-    """The directory to add to SIERRA_PLUGIN_PATH: it holds ``sierraop/local``."""
+    """The directory to add to SIERRA_PLUGIN_PATH: it holds ``sierraop/local`` and
+    ``sierraop/cluster``."""
     return Path(__file__).resolve().parent / "plugin"
 
 
@@ -193,6 +194,12 @@ def failure_message(batch_root: Path, since: float) -> str | None:
         status = BatchStatus.model_validate_json(path.read_text())
     except (OSError, ValueError):
         return None
+    return failure_summary(status)
+
+
+def failure_summary(status: BatchStatus) -> str | None:
+    """The failed runs of a batch status (local mode's file or the cluster's resource),
+    each with its attempt, reason and stderr path; None if none failed."""
     if not status.failed_runs:
         return None
     runs = status.runs
@@ -253,6 +260,20 @@ def wait_forwarding_interrupts(
             signal.signal(signal.SIGTERM, previous)
 
 
+def commands_file_of(sierra_root: Path, batch_root: Path, cmdfile: Path) -> Path:
+    """``commandsFile`` for SIERRA's batch: :func:`commands_source` relative to the
+    (resolved) sierra root, which it must be under."""
+    source = commands_source(batch_root, cmdfile).resolve()
+    try:
+        return source.relative_to(sierra_root)
+    except ValueError:
+        raise Stage2Failed(
+            f"{source} is not under --sierra-root {sierra_root}: sierra-operator reads "
+            "commands files only under the sierra root",
+            2,
+        ) from None
+
+
 def run_stage2(
     sierra_root: Path,
     batch_root: Path,
@@ -262,15 +283,7 @@ def run_stage2(
     """Run SIERRA's batch with local mode; return when every run succeeded, else raise
     :class:`Stage2Failed` saying which runs failed, or why nothing ran."""
     sierra_root = sierra_root.resolve()
-    source = commands_source(batch_root, cmdfile).resolve()
-    try:
-        relative = source.relative_to(sierra_root)
-    except ValueError:
-        raise Stage2Failed(
-            f"{source} is not under --sierra-root {sierra_root}: local mode reads commands "
-            "files only under the sierra root",
-            2,
-        ) from None
+    relative = commands_file_of(sierra_root, batch_root, cmdfile)
     document = batch_document(batch_name(batch_root), str(relative), opts)
     batch_file = write_batch_file(batch_root, document)
     cmd = local_command(batch_file, sierra_root, opts)

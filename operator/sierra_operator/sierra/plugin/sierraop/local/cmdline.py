@@ -10,40 +10,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sierra.plugins.execenv import hpc
+from sierra_operator.sierra.plugin.sierraop import options
 
 
-class SierraopLocalCmdline(hpc.cmdline.HPCCmdline):  # type: ignore[misc]  # SIERRA is untyped
-    """``hpc.local``'s options (so scripts written for it keep working), plus ours."""
+class SierraopLocalCmdline(options.SierraopCmdline):
+    """The shared options, plus the private Prefect server's."""
 
     def init_stage2(self) -> None:
         """Stage-2 options; SIERRA builds them only when this execenv is selected."""
         super().init_stage2()
-        self.stage2.add_argument(
-            "--exec-retries",
-            type=int,
-            default=0,
-            help="Retry a failed experimental run this many times before it counts as failed "
-            "(sierraop.local). Default: 0." + self.stage_usage_doc([2]),
-        )
         self.stage2.add_argument(
             "--prefect-api-url",
             default=None,
             help="Run on this Prefect server (http://host:port/api) instead of a private one "
             "that sierraop.local starts on a free port and stops at the end."
             + self.stage_usage_doc([2]),
-        )
-        self.stage2.add_argument(
-            "--work-pool",
-            default=None,
-            help="Prefect work pool name (default: sierra-pool). With --prefect-api-url, a "
-            "pool that exists there and was not made by this batch is never modified: pick "
-            "another name." + self.stage_usage_doc([2]),
-        )
-        self.stage2.add_argument(
-            "--work-queue",
-            default=None,
-            help="Prefect work queue name (default: sierra-queue)." + self.stage_usage_doc([2]),
         )
         self.stage2.add_argument(
             "--prefect-server-timeout",
@@ -60,14 +41,7 @@ def build(parents: list[argparse.ArgumentParser], stages: list[int]) -> Any:
 
 
 def to_cmdopts(args: argparse.Namespace) -> dict[str, Any]:
-    """SIERRA's entry point: our options into ``cmdopts`` (prefixed: cmdopts is shared by
-    every plugin)."""
-    opts: dict[str, Any] = dict(hpc.cmdline.to_cmdopts(args))
-    opts.update(
-        exec_retries=getattr(args, "exec_retries", 0),
-        sierraop_prefect_api_url=getattr(args, "prefect_api_url", None),
-        sierraop_work_pool=getattr(args, "work_pool", None),
-        sierraop_work_queue=getattr(args, "work_queue", None),
-        sierraop_server_timeout=getattr(args, "prefect_server_timeout", None),
-    )
+    """SIERRA's entry point: our options into ``cmdopts``."""
+    opts = options.to_cmdopts(args)
+    opts["sierraop_server_timeout"] = getattr(args, "prefect_server_timeout", None)
     return opts

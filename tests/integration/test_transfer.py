@@ -1,0 +1,318 @@
+"""`sierra-operator push|fetch` as a researcher runs them: the CLI as a subprocess with only a
+kubeconfig (user ``researcher``), against the emulated API server (tests/kube_api.py, whose
+``pods/exec`` runs the command in the pod's mount namespace) and the job runner as kubelet
+(tests/job_runner.py: the transfer pod runs as a local process that sees the PVC's
+directory bind-mounted at the batch's mountPath, while this machine sees the local
+sierra-root there). Real tar on both ends (Python's tarfile here, GNU tar in the "pod"),
+real websockets. No operator and no Prefect: the transfer needs neither.
+
+Needs root and ``unshare``/``nsenter`` (util-linux) for the mount namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cluster import REPO, KubeAPI, wait_for, write_kubeconfig
+from tests.integration.helpers import require_mount_namespaces
+from tests.job_runner import JobRunner
+from tests.kube_api import EXEC_FAULTS_FILE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mount_namespaces() -> None:
+    require_mount_namespaces()
+
+
+NAMESPACES = ["research"]
+CLAIM = "shared-root"
+RESEARCHER_VERBS = {
+    ("get", "sierrabatches"),
+    ("get", "persistentvolumeclaims"),
+    ("create", "pods"),
+    ("get", "pods"),
+    ("delete", "pods"),
+    ("create", "pods/exec"),
+}
+"""What the README tells an admin to grant a researcher for push/fetch (checked below)."""
+
+
+@pytest.fixture(scope="module")
+def env(kube: KubeAPI, tmp_module: Path) -> Iterator[dict[str, Path]]:
+    """The local sierra-root, the PVC's directory, a SierraBatch using the PVC, its PVC
+    object, a researcher's kubeconfig, and the kubelet stand-in."""
+    local = tmp_module / "sierra-root"
+    pvc = tmp_module / "pvc"
+    local.mkdir()
+    pvc.mkdir()
+    batch = {
+        "apiVersion": "sierra.research.io/v1alpha1",
+        "kind": "SierraBatch",
+        "metadata": {"name": "forage"},
+        "spec": {
+            "commandsFile": "proj/batch/commands.txt",
+            "image": {"repository": "localhost:5001/sierra", "tag": "test"},
+            "sierraRoot": {"claimName": CLAIM, "mountPath": str(local)},
+        },
+    }
+    kube.create_batch("research", batch)
+    kube.create_pvc("research", CLAIM)
+    kubeconfig = write_kubeconfig(tmp_module / "kubeconfig-researcher", kube.url, "researcher")
+    runner = JobRunner(kube.url, tmp_module / "pods", claims={CLAIM: pvc}).start()
+    yield {"local": local, "pvc": pvc, "kubeconfig": kubeconfig, "tmp": tmp_module}
+    runner.stop()
+
+
+def cli(env: dict[str, Path], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sierra_operator.cli", *args, "-n", "research"],
+        cwd=REPO,
+        env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"]), COLUMNS="300"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def tree(root: Path) -> dict[str, Any]:
+    """Every entry under ``root``: directories, symlinks (target) and files (size, sha256)."""
+    found: dict[str, Any] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("dir",)
+        else:
+            data = path.read_bytes()
+            found[rel] = ("file", len(data), hashlib.sha256(data).hexdigest())
+    return found
+
+
+def make_tree(root: Path, files: int = 400, big: int = 24 * 1024 * 1024) -> None:
+    """Many small files in nested directories, empty files and directories, a symlink and
+    one large-ish file (several MiB of incompressible bytes)."""
+    for i in range(files):
+        path = root / f"exp-inputs/c1-exp{i % 7}/d{i % 3}/sub{i % 2}/run{i}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"run": i, "pad": "x" * (i * 13 % 5000)}))
+    for i in range(5):
+        (root / f"exp-inputs/empty{i}.txt").touch()
+    (root / "exp-inputs/empty-dir/deeper").mkdir(parents=True)
+    (root / "commands.txt").write_text("python3 sim.py --seed 1\n")
+    (root / "latest").symlink_to("exp-inputs/c1-exp0")
+    (root / "big.bin").write_bytes(os.urandom(big))
+
+
+def transfer_pods(kube: KubeAPI) -> list[str]:
+    found = kube.get(
+        "/api/v1/namespaces/research/pods?labelSelector=app.kubernetes.io/component%3Dtransfer"
+    )
+    return [p["metadata"]["name"] for p in (found or {}).get("items", [])]
+
+
+def researcher_calls(tmp: Path) -> set[tuple[str, str]]:
+    from tests.integration.cluster import audit
+
+    return {(e["verb"], e["resource"]) for e in audit(tmp) if e["user"] == "researcher"}
+
+
+def test_round_trip_is_byte_identical(kube: KubeAPI, env: dict[str, Path]) -> None:
+    batch = env["local"] / "proj/batch"
+    make_tree(batch)
+    original = tree(batch)
+    assert len(original) > 400
+
+    done = cli(env, "push", "forage", "proj/batch")
+    assert done.returncode == 0, done
+    assert f"pushed {400 + 5 + 2} files" in done.stdout  # + commands.txt and big.bin
+    assert tree(env["pvc"] / "proj/batch") == original  # what the pod saw at the same path
+    assert not (env["pvc"] / ".sierraop-staging").exists() or not any(
+        (env["pvc"] / ".sierraop-staging").iterdir()
+    )
+
+    # The pod's side changes (runs write outputs); fetch brings back exactly that.
+    out = env["pvc"] / "proj/batch/exp-outputs/c1-exp0/template_run0_output"
+    out.mkdir(parents=True)
+    (out / "result.csv").write_text("t,v\n0,1\n")
+    shutil.rmtree(batch)
+    done = cli(env, "fetch", "forage", str(env["local"] / "proj/batch"))
+    assert done.returncode == 0, done
+    assert tree(batch) == tree(env["pvc"] / "proj/batch")
+    assert (batch / "exp-outputs/c1-exp0/template_run0_output/result.csv").exists()
+    assert [p.name for p in env["local"].iterdir()] == ["proj"]  # no staging left behind
+
+    assert transfer_pods(kube) == []  # deleted after each transfer
+    calls = researcher_calls(env["tmp"])
+    assert calls <= RESEARCHER_VERBS, calls - RESEARCHER_VERBS
+    assert ("create", "pods/exec") in calls
+
+
+def test_push_merges_into_what_is_there(env: dict[str, Path]) -> None:
+    """Files only on the PVC stay; files pushed replace theirs."""
+    (env["local"] / "merge").mkdir()
+    (env["local"] / "merge/a.txt").write_text("new")
+    (env["pvc"] / "merge").mkdir()
+    (env["pvc"] / "merge/a.txt").write_text("old")
+    (env["pvc"] / "merge/only-remote.txt").write_text("keep")
+    done = cli(env, "push", "forage", "merge")
+    assert done.returncode == 0, done
+    assert (env["pvc"] / "merge/a.txt").read_text() == "new"
+    assert (env["pvc"] / "merge/only-remote.txt").read_text() == "keep"
+
+
+def cut_next_exec(env: dict[str, Path], **fault: int) -> None:
+    (env["tmp"] / EXEC_FAULTS_FILE).write_text(json.dumps(fault))
+
+
+def test_push_cut_mid_stream_fails_and_puts_nothing_in_place(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    src = env["local"] / "cut-push"
+    make_tree(src, files=50, big=8 * 1024 * 1024)
+    cut_next_exec(env, cut_stdin_after=3 * 1024 * 1024)
+    done = cli(env, "push", "forage", "cut-push")
+    assert done.returncode == 1, done
+    assert "ended before the command's exit status" in done.stderr, done.stderr
+    assert not (env["pvc"] / "cut-push").exists()
+    staging = env["pvc"] / ".sierraop-staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    assert transfer_pods(kube) == []
+
+
+def test_fetch_cut_mid_stream_fails_and_puts_nothing_in_place(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    remote = env["pvc"] / "cut-fetch"
+    make_tree(remote, files=50, big=8 * 1024 * 1024)
+    cut_next_exec(env, cut_stdout_after=2 * 1024 * 1024)
+    done = cli(env, "fetch", "forage", "cut-fetch")
+    assert done.returncode == 1, done
+    assert "fetching PVC shared-root" in done.stderr, done.stderr
+    assert not (env["local"] / "cut-fetch").exists()
+    assert not list(env["local"].glob(".sierraop-fetch-*"))
+    assert transfer_pods(kube) == []
+
+
+def test_tar_failing_in_the_pod_is_an_error(env: dict[str, Path]) -> None:
+    done = cli(env, "fetch", "forage", "no/such/dir")
+    assert done.returncode == 1, done
+    assert "does not exist on the PVC" in done.stderr
+    assert not (env["local"] / "no").exists()
+    # A push whose final step fails: a file on the PVC where a directory must go.
+    (env["local"] / "clash/d").mkdir(parents=True)
+    (env["local"] / "clash/d/f.txt").write_text("x")
+    (env["pvc"] / "clash").mkdir()
+    (env["pvc"] / "clash/d").write_text("a file")
+    done = cli(env, "push", "forage", "clash")
+    assert done.returncode == 1, done
+    assert "pushing to PVC shared-root" in done.stderr and "exited 1" in done.stderr
+
+
+def test_missing_batch_pvc_and_path_are_named(kube: KubeAPI, env: dict[str, Path]) -> None:
+    done = cli(env, "push", "forage-nope")
+    assert done.returncode == 2, done
+    assert "SierraBatch forage-nope not found in namespace research" in done.stderr
+    done = cli(env, "push", "forage", "not-here")
+    assert done.returncode == 2, done
+    assert "does not exist: nothing to push" in done.stderr
+    other = {
+        "apiVersion": "sierra.research.io/v1alpha1",
+        "kind": "SierraBatch",
+        "metadata": {"name": "noclaim"},
+        "spec": {
+            "experiments": [{"name": "e", "runs": [{"command": "true"}]}],
+            "image": {"repository": "r", "tag": "t"},
+            "sierraRoot": {"mountPath": str(env["local"])},
+        },
+    }
+    kube.create_batch("research", other)
+    (env["local"] / "x").write_text("x")
+    done = cli(env, "push", "noclaim", "x")
+    assert done.returncode == 2, done
+    assert "PersistentVolumeClaim noclaim-sierra-root not found" in done.stderr
+
+
+def test_logs_stream_a_runs_stdout_and_stderr_from_the_pvc(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    """`logs` reads the files on the PVC (not this machine's copy) through the same pod."""
+    state = env["pvc"] / "proj/batch/scratch/sierra-operator/c1-exp2"
+    state.mkdir(parents=True, exist_ok=True)
+    out = "".join(f"step {i}\n" for i in range(20000))  # ~200 KB: several exec messages
+    (state / "run1.stdout").write_text(out)
+    (state / "run1.stderr").write_text("Traceback: boom\n")
+    local_copy = env["local"] / "proj/batch/scratch/sierra-operator/c1-exp2"
+    local_copy.mkdir(parents=True, exist_ok=True)
+    (local_copy / "run1.stdout").write_text("stale local copy\n")
+    done = cli(env, "logs", "forage", "c1-exp2", "1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == out
+    assert done.stderr == "Traceback: boom\n"
+    done = cli(env, "logs", "forage", "c1-exp2", "7")
+    assert done.returncode == 2, done
+    assert "no output of c1-exp2/run7" in done.stderr
+    done = cli(env, "logs", "forage", "../../etc", "0")
+    assert done.returncode == 2, done
+    assert transfer_pods(kube) == []
+
+
+def test_logs_of_a_local_batch(env: dict[str, Path]) -> None:
+    batch_file = env["tmp"] / "local-batch.yaml"
+    batch_file.write_text(
+        "apiVersion: sierra.research.io/v1alpha1\nkind: SierraBatch\n"
+        "metadata: {name: here}\nspec:\n  experiments:\n"
+        "    - name: c1-exp0\n      runs: [{command: 'true'}]\n"
+    )
+    state = env["tmp"] / "local-root/here/scratch/sierra-operator/c1-exp0"
+    state.mkdir(parents=True)
+    (state / "run0.stdout").write_text("out\n")
+    argv = [sys.executable, "-m", "sierra_operator.cli", "logs", "--local", str(batch_file)]
+    argv += ["c1-exp0", "0", "--sierra-root", str(env["tmp"] / "local-root")]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "")
+
+
+def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    remote = env["pvc"] / "slow"
+    make_tree(remote, files=20, big=4 * 1024 * 1024)
+    cut_next_exec(env, stdout_delay_ms=200)  # ~30 s for the whole archive
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sierra_operator.cli", "fetch", "forage", "slow", "-n", "research"],
+        cwd=REPO,
+        env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"])),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: list(env["local"].glob(".sierraop-fetch-*/slow/**/*.json")),
+            60,
+            "the fetch to be under way",
+        )
+        assert transfer_pods(kube), "the transfer pod exists while it runs"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    assert transfer_pods(kube) == []
+    assert not (env["local"] / "slow").exists()
+    assert not list(env["local"].glob(".sierraop-fetch-*"))

@@ -1,0 +1,95 @@
+"""The ``sierraop.cluster`` plugin's own logic: SIERRA's options -> the SierraBatch it
+creates, and a Failed batch -> stage 2's message (tests/integration/test_sierra_cluster.py
+runs the whole thing with the real SIERRA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sierra_operator.core.model import parse_batch
+from sierra_operator.sierra.cluster_stage2 import (
+    ClusterOptions,
+    cluster_document,
+    failed_batch_message,
+    image_spec,
+)
+from sierra_operator.sierra.execenv import Stage2Failed, Stage2Options, plugin_path
+
+pytestmark = pytest.mark.unit
+
+
+def test_plugin_directory_is_what_sierra_looks_for() -> None:
+    cluster = plugin_path() / "sierraop" / "cluster"
+    assert (cluster / ".sierraplugin").is_file()
+    assert (cluster / "plugin.py").is_file() and (cluster / "cmdline.py").is_file()
+    assert "def sierra_plugin_type" in (cluster / "__init__.py").read_text()
+
+
+def test_options_from_sierra_cmdopts() -> None:
+    opts = ClusterOptions.from_cmdopts(
+        {
+            "exec_jobs_per_node": 4,
+            "exec_strict": True,
+            "exec_retries": 1,
+            "sierraop_image": "reg:5000/sim:v2",
+            "sierraop_namespace": "lab",
+            "sierraop_kube_context": "kind",
+            "sierraop_prefect_api_url": "http://prefect:4200/api",
+        }
+    )
+    assert opts.stage2.parallelism == 4 and opts.stage2.strict and opts.stage2.retries == 1
+    assert (opts.image, opts.claim, opts.namespace, opts.context) == (
+        "reg:5000/sim:v2",
+        "sierra-root",
+        "lab",
+        "kind",
+    )
+
+
+def test_the_batch_document_is_valid_and_mounts_the_claim_at_sierra_root() -> None:
+    opts = ClusterOptions(
+        Stage2Options(parallelism=3, retries=2),
+        image="localhost:5001/sim:test",
+        claim="shared",
+        prefect_api_url="http://prefect:4200/api",
+    )
+    doc = cluster_document("b", "p/c/s/t/commands.txt", Path("/data/root"), opts)
+    batch = parse_batch(doc)
+    spec = batch.spec
+    assert spec.commands_file == "p/c/s/t/commands.txt"
+    assert (spec.sierra_root.claim_name, spec.sierra_root.mount_path) == ("shared", "/data/root")
+    assert spec.image is not None
+    assert (spec.image.repository, spec.image.tag) == ("localhost:5001/sim", "test")
+    assert spec.execution.parallelism == 3 and spec.execution.retries == 2
+    assert doc["spec"]["prefect"]["apiUrl"] == "http://prefect:4200/api"
+
+
+@pytest.mark.parametrize("bad", ["localhost:5001/sim", "sim", ":tag", "a/b:c/d"])
+def test_an_image_without_tag_is_refused(bad: str) -> None:
+    with pytest.raises(Stage2Failed, match="repository:tag"):
+        image_spec(bad)
+
+
+def test_a_failed_batch_names_its_failed_runs() -> None:
+    obj = {
+        "status": {
+            "phase": "Failed",
+            "runs": {"total": 9, "succeeded": 8, "failed": 1},
+            "failedRuns": [
+                {
+                    "experiment": "c1-exp1",
+                    "run": 1,
+                    "attempt": 2,
+                    "reason": "exited 3; stderr ends: boom",
+                    "log": "/r/b/scratch/sierra-operator/c1-exp1/run1.stderr",
+                }
+            ],
+        }
+    }
+    text = failed_batch_message(obj, "b", "lab")
+    assert "SierraBatch lab/b 1 of 9 run(s) failed" in text
+    assert "c1-exp1/run1 (attempt 2): exited 3; stderr ends: boom" in text
+    assert "sierra-operator logs b EXPERIMENT RUN -n lab" in text
+    assert "the batch Failed" in failed_batch_message({"status": {"phase": "Failed"}}, "b", "l")
