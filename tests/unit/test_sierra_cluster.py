@@ -14,6 +14,7 @@ from sierra_operator.sierra.cluster_stage2 import (
     cluster_document,
     failed_batch_message,
     image_spec,
+    other_batch,
 )
 from sierra_operator.sierra.execenv import Stage2Failed, Stage2Options, plugin_path
 
@@ -93,3 +94,16 @@ def test_a_failed_batch_names_its_failed_runs() -> None:
     assert "c1-exp1/run1 (attempt 2): exited 3; stderr ends: boom" in text
     assert "sierra-operator logs b EXPERIMENT RUN -n lab" in text
     assert "the batch Failed" in failed_batch_message({"status": {"phase": "Failed"}}, "b", "l")
+
+
+def test_a_batch_of_the_same_name_for_another_sierra_batch_is_not_followed() -> None:
+    opts = ClusterOptions(Stage2Options(parallelism=1), image="r/s:t")
+    doc = cluster_document("b", "p/c/s/template-x/commands.txt", Path("/root"), opts)
+    assert other_batch({"spec": dict(doc["spec"])}, doc) is None
+    elsewhere = {**doc["spec"], "commandsFile": "q/c/s/template-x/commands.txt"}
+    problem = other_batch({"metadata": {"name": "b"}, "spec": elsewhere}, doc)
+    assert problem is not None and "exists for another batch (commandsFile" in problem
+    moved = {**doc["spec"], "sierraRoot": {"claimName": "sierra-root", "mountPath": "/other"}}
+    assert other_batch({"spec": moved}, doc) is not None
+    defaulted = {**doc["spec"], "sierraRoot": {**doc["spec"]["sierraRoot"], "size": "10Gi"}}
+    assert other_batch({"spec": defaulted}, doc) is None, "CRD defaults are no difference"

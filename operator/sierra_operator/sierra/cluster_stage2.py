@@ -134,6 +134,29 @@ def failed_batch_message(obj: dict[str, Any], name: str, namespace: str) -> str:
     )
 
 
+def other_batch(obj: dict[str, Any], doc: dict[str, Any]) -> str | None:
+    """Why an existing SierraBatch of our name is not SIERRA's batch, or None if it is: the
+    name comes from the batch root's last directory only, so another project or scenario
+    with the same batch criteria has the same name; following it would fetch its outputs."""
+    mine, theirs = doc["spec"], obj.get("spec") or {}
+    # Field by field: the API server may have added CRD defaults next to them.
+    for field, key in (
+        ("commandsFile", None),
+        ("sierraRoot", "mountPath"),
+        ("sierraRoot", "claimName"),
+    ):
+        want, have = mine.get(field), theirs.get(field)
+        if key is not None:
+            want, have = (want or {}).get(key), (have or {}).get(key)
+        if have != want:
+            return (
+                f"SierraBatch {(obj.get('metadata') or {}).get('name')} exists for another "
+                f"batch ({field}{'.' + key if key else ''} {have!r}, not {want!r}): delete "
+                "it (kubectl delete sierrabatch NAME) or use another --namespace"
+            )
+    return None
+
+
 async def _existing(conn: Connection, name: str) -> dict[str, Any] | None:
     """The batch if it exists; None if not. A missing CRD or permission is an error."""
     try:
@@ -217,6 +240,9 @@ async def run_cluster_stage2_async(
         note(f"pushed {done.files} files ({done.bytes / 2**20:.1f} MiB); creating SierraBatch")
         await _create(conn, doc)
     else:
+        problem = other_batch(obj, doc)
+        if problem:
+            raise Stage2Failed(f"stage 2 failed: {problem}", 2)
         phase = phase_of(obj)
         if phase == "Succeeded" and not opts.stage2.resume:
             raise Stage2Failed(
