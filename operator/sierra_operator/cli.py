@@ -195,7 +195,8 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
 def _status(args: argparse.Namespace, console: Console, err: Console) -> int:
     import asyncio
 
-    from sierra_operator.cluster.batch_status import (
+    from sierra_operator.core.model import TERMINAL_PHASES
+    from sierra_operator.researcher.batch_status import (
         StatusError,
         exit_code,
         fetch,
@@ -203,7 +204,6 @@ def _status(args: argparse.Namespace, console: Console, err: Console) -> int:
         progress_line,
         render,
     )
-    from sierra_operator.core.model import TERMINAL_PHASES
 
     final = {phase.value for phase in TERMINAL_PHASES}
 
@@ -231,7 +231,7 @@ def _cluster_command(err: Console, work: Any) -> int:
     """Run a researcher's cluster command; its errors are one message and an exit code."""
     import asyncio
 
-    from sierra_operator.cluster.researcher_api import ClusterError
+    from sierra_operator.researcher.kubeconfig import ClusterError
 
     try:
         return int(asyncio.run(work()))
@@ -245,7 +245,7 @@ def _cluster_command(err: Console, work: Any) -> int:
 
 
 def _transfer(args: argparse.Namespace, console: Console, err: Console) -> int:
-    from sierra_operator.cluster import transfer
+    from sierra_operator.researcher import transfer
 
     async def work() -> int:
         found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
@@ -263,7 +263,7 @@ def _transfer(args: argparse.Namespace, console: Console, err: Console) -> int:
 
 
 def _logs(args: argparse.Namespace, err: Console) -> int:
-    from sierra_operator.cluster import run_logs, transfer
+    from sierra_operator.researcher import run_logs, transfer
 
     async def work() -> int:
         if args.local:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from sierra_operator.cluster.batch_status import (
+from sierra_operator.researcher.batch_status import (
     EXIT_CLUSTER,
     EXIT_NOT_FOUND,
     _serves_batches,

@@ -10,9 +10,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from sierra_operator.cluster.pod_exec import exit_code_of
-from sierra_operator.cluster.researcher_api import ClusterError
-from sierra_operator.cluster.tar_stream import (
+from sierra_operator.researcher.kubeconfig import ClusterError
+from sierra_operator.researcher.pod_exec import exit_code_of
+from sierra_operator.researcher.tar_stream import (
     MARKER,
     Pipe,
     TransferError,
@@ -20,8 +20,8 @@ from sierra_operator.cluster.tar_stream import (
     read_archive,
     write_archive,
 )
-from sierra_operator.cluster.transfer import relative_path, target_of
-from sierra_operator.cluster.transfer_pod import is_running, pod_problem, render_pod
+from sierra_operator.researcher.transfer import relative_path, target_of
+from sierra_operator.researcher.transfer_pod import is_running, pod_problem, render_pod
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,8 @@ between, for SIERRA's batch (its batch root under ``--sierra-root``):
 
 1. **push** ``exp-inputs/`` and ``commands.txt`` to the PVC the researcher names
    (``--claim``), where pods mount it at the same absolute path as ``--sierra-root``, so the
-   absolute paths in ``commands.txt`` hold in every pod (:mod:`sierra_operator.cluster.transfer`);
+   absolute paths in ``commands.txt`` hold in every pod
+   (:mod:`sierra_operator.researcher.transfer`);
 2. **create** a SierraBatch with ``commandsFile`` (image, namespace, parallelism, retries,
    failure policy from SIERRA's options) that the operator runs;
 3. **follow** it, logging each change of its progress, until it Succeeded or Failed;
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sierra_operator.cluster.batch_status import (
+from sierra_operator.core.model import read_status
+from sierra_operator.researcher.batch_status import (
     GROUP,
     PLURAL,
     VERSION,
@@ -36,7 +38,7 @@ from sierra_operator.cluster.batch_status import (
     progress_line,
     read_with,
 )
-from sierra_operator.cluster.researcher_api import (
+from sierra_operator.researcher.kubeconfig import (
     EXIT_NOT_FOUND,
     ClusterError,
     Connection,
@@ -46,9 +48,8 @@ from sierra_operator.cluster.researcher_api import (
     one_line,
     unreachable,
 )
-from sierra_operator.cluster.transfer import fetch, push
-from sierra_operator.cluster.transfer_pod import Target
-from sierra_operator.core.model import read_status
+from sierra_operator.researcher.transfer import fetch, push
+from sierra_operator.researcher.transfer_pod import Target
 from sierra_operator.sierra.execenv import (
     EXIT_INTERRUPTED,
     EXIT_RUNS_FAILED,

@@ -1,9 +1,9 @@
 """`sierra-operator push|fetch BATCH [PATH]`: copy between the local sierra-root and a batch's
 PVC through the Kubernetes API only, as ``kubectl cp`` does: a short-lived pod mounting the
-PVC (:mod:`~sierra_operator.cluster.transfer_pod`) and a tar stream over ``pods/exec``
-(:mod:`~sierra_operator.cluster.pod_exec`). No Service, port or extra credential.
+PVC (:mod:`~sierra_operator.researcher.transfer_pod`) and a tar stream over ``pods/exec``
+(:mod:`~sierra_operator.researcher.pod_exec`). No Service, port or extra credential.
 
-Both directions stream (:mod:`~sierra_operator.cluster.tar_stream`: memory bounded whatever
+Both directions stream (:mod:`~sierra_operator.researcher.tar_stream`: memory bounded whatever
 the tree's size) and both refuse to put an incomplete tree in place:
 
 * **push**: the pod unpacks into a staging directory on the PVC, checks that the archive's
@@ -29,15 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sierra_operator.cluster.pod_exec import ExecOutcome, ExecStreamCut, run_in_pod
-from sierra_operator.cluster.researcher_api import (
+from sierra_operator.core.model import SpecError, parse_batch, stored_batch
+from sierra_operator.core.names import sierra_root_claim
+from sierra_operator.images.spec import pinned, tagged
+from sierra_operator.researcher.kubeconfig import (
     ClusterError,
     Connection,
     network_errors,
     one_line,
     unreachable,
 )
-from sierra_operator.cluster.tar_stream import (
+from sierra_operator.researcher.pod_exec import ExecOutcome, ExecStreamCut, run_in_pod
+from sierra_operator.researcher.tar_stream import (
     CHUNK,
     MARKER,
     Counts,
@@ -49,10 +52,7 @@ from sierra_operator.cluster.tar_stream import (
     staging_dir,
     write_archive,
 )
-from sierra_operator.cluster.transfer_pod import CONTAINER, Target, transfer_pod
-from sierra_operator.core.model import SpecError, parse_batch, stored_batch
-from sierra_operator.core.names import sierra_root_claim
-from sierra_operator.images.spec import pinned, tagged
+from sierra_operator.researcher.transfer_pod import CONTAINER, Target, transfer_pod
 
 EXIT_TRANSFER_FAILED = 1
 STAGING = ".sierraop-staging"
@@ -323,8 +323,8 @@ async def locate(
     batch: str, namespace: str | None, context: str | None, image: str | None = None
 ) -> Located:
     """Read batch ``batch`` (``get`` on sierrabatches) and find its PVC and image."""
-    from sierra_operator.cluster.batch_status import read_with
-    from sierra_operator.cluster.researcher_api import connect
+    from sierra_operator.researcher.batch_status import read_with
+    from sierra_operator.researcher.kubeconfig import connect
 
     conn = await connect(namespace, context)
     obj = await read_with(conn, batch)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sierra_operator.cluster.researcher_api import ClusterError, forbidden, one_line
+from sierra_operator.researcher.kubeconfig import ClusterError, forbidden, one_line
 
 STDIN, STDOUT, STDERR, STATUS = 0, 1, 2, 3
 PROTOCOL = "v4.channel.k8s.io"

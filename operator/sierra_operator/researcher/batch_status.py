@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sierra_operator.cluster.researcher_api import (
+from sierra_operator.researcher.kubeconfig import (
     EXIT_CLUSTER,
     EXIT_NOT_FOUND,
     ClusterError,

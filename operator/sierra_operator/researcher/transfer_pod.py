@@ -22,8 +22,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sierra_operator.cluster.researcher_api import ClusterError, forbidden, one_line
 from sierra_operator.core import names
+from sierra_operator.researcher.kubeconfig import ClusterError, forbidden, one_line
 
 CONTAINER = "transfer"
 VOLUME = "sierra-root"

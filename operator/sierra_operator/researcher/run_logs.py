@@ -16,10 +16,10 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from sierra_operator.cluster.pod_exec import ExecStreamCut, run_in_pod
-from sierra_operator.cluster.researcher_api import ClusterError, Connection
-from sierra_operator.cluster.transfer import with_pod
-from sierra_operator.cluster.transfer_pod import CONTAINER, Target
+from sierra_operator.researcher.kubeconfig import ClusterError, Connection
+from sierra_operator.researcher.pod_exec import ExecStreamCut, run_in_pod
+from sierra_operator.researcher.transfer import with_pod
+from sierra_operator.researcher.transfer_pod import CONTAINER, Target
 from sierra_operator.runs.ledger import run_paths
 
 EXIT_NO_OUTPUT = 66
