@@ -54,14 +54,6 @@ class PoolConflict(RuntimeError):
     """The work pool name is taken by a pool this batch did not create."""
 
 
-def _run_index(task_run: TaskRun) -> int | None:
-    prefix = names.run_tag(0)[:-1]
-    for tag in task_run.tags:
-        if tag.startswith(prefix):
-            return int(tag[len(prefix) :])
-    return None
-
-
 def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
     return obj.state.type if obj.state is not None else None
 
@@ -525,7 +517,7 @@ class PrefectBatch:
             tasks = await self._task_runs(client, waves)
         by_flow: dict[UUID, dict[int, TaskRun]] = {}
         for tr in tasks:
-            index = _run_index(tr)
+            index = names.run_index_of_task_run(tr.name)
             if tr.flow_run_id is not None and index is not None:
                 by_flow.setdefault(tr.flow_run_id, {})[index] = tr
         lookup = ledger_lookup if self.read_records else None
