@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "local",
         help="run a SierraBatch on this machine with its own Prefect server",
         description="Run a SierraBatch here: a private Prefect server on a free port (or "
-        "--prefect-api-url), process workers, experiments one after another, the runs of "
+        "--prefect-api-url), a flow-run executor, experiments one after another, the runs of "
         "one experiment in parallel (at most execution.parallelism). Exit 0 only if every "
         "run succeeded; 1 if runs failed; 2 on bad input; 3 if Prefect could not be used; "
         "4 on an unexpected error; 130 if interrupted.",
@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--pool", help="work pool name (default: sierra-pool)")
     local.add_argument("--queue", help="work queue name (default: sierra-queue)")
     local.add_argument(
-        "--workers", type=int, help="process workers (default: spec.execution.workers)"
+        "--workers",
+        type=int,
+        help="ignored: local mode runs its flow runs in one executor process per batch",
     )
     local.add_argument(
         "--resume",

@@ -18,8 +18,7 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sierra_operator.core import names
+from typing import ClassVar
 
 
 class ServerStartError(RuntimeError):
@@ -67,6 +66,7 @@ class ManagedProcess:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    pipe_stdin: ClassVar[bool] = False  # a pipe from us on its stdin (else /dev/null)
 
     def start(self) -> None:
         """Start it detached from our terminal's Ctrl-C, so we control the shutdown order."""
@@ -77,7 +77,7 @@ class ManagedProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.pipe_stdin else subprocess.DEVNULL,
                 start_new_session=True,
             )
 
@@ -168,21 +168,3 @@ def health_ok(api_url: str) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def process_worker(
-    home: Path, api_url: str, pool: str, queue: str, name: str, log_dir: Path
-) -> ManagedProcess:
-    """A Prefect process worker polling ``pool``/``queue`` every second."""
-    env = prefect_environment(home, api_url)
-    env.update(
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PREFECT_WORKER_PREFETCH_SECONDS="1",
-        PREFECT_LOGGING_LEVEL=env.get("PREFECT_LOGGING_LEVEL", "INFO"),
-    )
-    return ManagedProcess(
-        name=name,
-        argv=[*prefect_cli(), *names.worker_start_args(pool, queue, "process"), "--name", name],
-        env=env,
-        log_path=log_dir / f"{name}.log",
-    )
