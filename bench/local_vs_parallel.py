@@ -118,6 +118,7 @@ def main() -> None:
         )
         total, proc = timed(local_cmd(batch, root, None), timeout=900)
         found = dict(re.findall(r"(server start|provisioning|execution) ([0-9.]+)s", proc.stdout))
+        print(next(line for line in proc.stdout.splitlines() if line.startswith("timings:")))
         server = float(found["server start"])
         without_server = total - server
         gaps = refill_gaps(commands.parent, args.parallelism)

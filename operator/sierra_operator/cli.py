@@ -208,7 +208,6 @@ def _local(args: argparse.Namespace, console: Console) -> int:
     from sierra_operator.local.driver import LocalError, LocalOptions, LocalRun
     from sierra_operator.local.progress import failure_lines
     from sierra_operator.local.server import ServerStartError
-    from sierra_operator.runs.prefect_api import PoolConflict
 
     opts = LocalOptions(
         sierra_root=sierra_root,
@@ -221,7 +220,7 @@ def _local(args: argparse.Namespace, console: Console) -> int:
     )
     try:
         result = LocalRun(loaded, opts, console, home=home).run()
-    except (LocalError, PoolConflict, ServerStartError) as exc:
+    except (LocalError, ServerStartError) as exc:
         console.print("[bold red]error:[/] ", end="")
         _plain(console, str(exc))
         return EXIT_INFRASTRUCTURE

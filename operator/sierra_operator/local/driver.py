@@ -133,6 +133,9 @@ class LocalRun:
         self.start_executor(self.server.api_url)
         view.note(f"starting a Prefect server on {self.server.api_url} (PREFECT_HOME={self.home})")
         self.server.start()
+        # Prefect's client imports (seconds on a small machine) overlap with the start.
+        from sierra_operator.runs import prefect_api  # noqa: F401
+
         self.server.wait_ready(self.opts.server_timeout)
         self.timings["server_start"] = time.monotonic() - t0
         view.note(f"Prefect server ready in {self.timings['server_start']:.1f}s")
@@ -179,13 +182,16 @@ class LocalRun:
         """Pool, queue and deployment (the flow runs' home on Prefect)."""
         from prefect.workers.process import ProcessWorker
 
-        from sierra_operator.runs.prefect_api import PrefectBatch
+        from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch
 
         self.prefect = PrefectBatch(
             api_url, self.batch_id, self.pool, self.queue, read_records=True
         )
         template = ProcessWorker.get_default_base_job_template()
-        self._await(self.prefect.ensure_pool(template))
+        try:
+            self._await(self.prefect.ensure_pool(template))
+        except PoolConflict as exc:
+            raise LocalError(str(exc)) from None
         self._await(self.prefect.ensure_deployment(str(self.loaded.workdir)))
 
     def check_workers(self) -> None:
@@ -263,7 +269,8 @@ class LocalRun:
         """Stop what we started, in order: executor, Prefect objects, server, temp home."""
         if self.executor is not None:
             self.executor.stop()
-        if self.prefect is not None and (self.server is None or self.server.running()):
+        # Our own server's database goes with its home: only a shared server is cleaned up.
+        if self.prefect is not None and self.server is None:
             try:
                 self._await(self.prefect.cleanup())
             except Exception as exc:
@@ -271,7 +278,10 @@ class LocalRun:
                     f"could not delete the work pool/deployment: {exc}", markup=False
                 )
         if self.server is not None:
-            self.server.stop()
+            t0 = time.monotonic()
+            # Its database is thrown away with its home: nothing to shut down gracefully.
+            self.server.stop(grace=0.2)
+            self.timings["server_stop"] = time.monotonic() - t0
         self._loop.close()
         shutil.rmtree(self.home, ignore_errors=True)
 

@@ -22,6 +22,7 @@ Run as ``python -m sierra_operator.local.executor``, with ``PREFECT_API_URL`` se
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import select
@@ -37,6 +38,26 @@ from uuid import UUID
 
 from sierra_operator.local.server import ManagedProcess, prefect_environment
 
+# Modules a flow run imports lazily while it runs (measured with prefect 3.8.8: ~120
+# modules, fastapi and starlette among them): imported once here, not in every flow run.
+LAZY_IMPORTS = (
+    "anyio._backends._asyncio",
+    "anyio.streams.stapled",
+    "anyio.streams.tls",
+    "encodings.idna",
+    "fastapi",
+    "graphviz",
+    "http.cookies",
+    "opentelemetry._logs",
+    "opentelemetry.metrics",
+    "prefect.utilities.visualization",
+    "pydantic.color",
+    "rich._emoji_codes",
+    "starlette.applications",
+    "starlette.responses",
+    "starlette.routing",
+    "starlette.staticfiles",
+)
 READY = "ready"  # the line the executor prints once its imports are done
 STOP_GRACE = 5.0  # within the driver's grace for the executor itself
 _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -127,17 +148,36 @@ def _execute(flow_run_id: str) -> None:
             run_flow(run_experiment, flow_run=flow_run, error_logger=logger)  # type: ignore[arg-type]
 
 
-def _run_flow_run(flow_run_id: str) -> None:
-    """In the forked child: execute the flow run, then exit without returning."""
+def _become_flow_run_process() -> None:
+    """In a forked child: its own process group, default signals, no stdin of ours."""
+    os.setpgid(0, 0)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+
+
+def _read_line(fd: int) -> str | None:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 256)
+        if not chunk:
+            return None
+        data += chunk
+    return data.decode().strip()
+
+
+def _spare(feed: int) -> None:
+    """A child forked ahead of need: waits for its flow run's id on ``feed``, executes it,
+    exits (without an id: exits 0, the executor is stopping). Never returns."""
     code = 0
+    flow_run_id = ""
     try:
-        os.setpgid(0, 0)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
-        _execute(flow_run_id)
+        _become_flow_run_process()
+        flow_run_id = _read_line(feed) or ""
+        if flow_run_id:
+            os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
+            _execute(flow_run_id)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException as exc:
@@ -159,22 +199,55 @@ def _describe(status: int) -> str:
 
 
 class _Executor:
+    """Flow-run processes forked from this warm one; one spare is always forked ahead."""
+
     def __init__(self, api_url: str) -> None:
         self.api_url = api_url
         self.children: dict[int, str] = {}
+        self.spare: tuple[int, int] | None = None  # (pid, write end of its pipe)
 
-    def start(self, flow_run_id: str) -> None:
+    def fork_spare(self) -> None:
+        """Fork the next flow-run process now, so a flow run does not wait for the fork."""
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _run_flow_run(flow_run_id)
-        self.children[pid] = flow_run_id
-        _say(f"flow run {flow_run_id}: started in process {pid}")
+            os.close(write_end)
+            _spare(read_end)
+        os.close(read_end)
+        self.spare = (pid, write_end)
+
+    def start(self, flow_run_id: str) -> None:
+        """Hand the flow run to the spare (a fresh fork if it died), then fork the next."""
+        for _ in range(2):
+            if self.spare is None:
+                self.fork_spare()
+            assert self.spare is not None
+            pid, feed = self.spare
+            self.spare = None
+            try:
+                os.write(feed, f"{flow_run_id}\n".encode())
+            except OSError:  # the spare is gone (killed): a new one takes it
+                continue
+            finally:
+                os.close(feed)
+            self.children[pid] = flow_run_id
+            _say(f"flow run {flow_run_id}: started in process {pid}")
+            self.fork_spare()
+            return
+        mark_crashed(self.api_url, flow_run_id, "no flow-run process could be started")
 
     def reap(self) -> None:
-        while self.children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare[0]:
+                os.close(self.spare[1])
+                self.spare = None
+                continue
             flow_run_id = self.children.pop(pid, None)
             if flow_run_id is None:
                 continue
@@ -183,6 +256,14 @@ class _Executor:
             _say(f"flow run {flow_run_id}: {_describe(status)}")
 
     def stop(self) -> None:
+        if self.spare is not None:
+            pid, feed = self.spare
+            os.close(feed)  # it exits on EOF; the kill is for one that is not reading yet
+            self.spare = None
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5.0)):
             for pid in list(self.children):
                 try:
@@ -225,8 +306,14 @@ def main() -> None:
 
     import sierra_operator.runs.flows  # noqa: F401 - the flow's module
 
+    for module in LAZY_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
     executor = _Executor(api_url)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    executor.fork_spare()
     _say(READY)
     try:
         executor.serve()

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from sierra_operator.local import home_template
+
 
 class ServerStartError(RuntimeError):
     """The Prefect server exited or did not answer in time."""
@@ -120,6 +122,8 @@ class LocalPrefectServer(ManagedProcess):
 
     def __init__(self, home: Path, port: int | None = None) -> None:
         self.port = port or free_port()
+        self.home = home
+        self.seeded = False  # started from the cached template (see home_template)
         super().__init__(
             name="prefect-server",
             argv=[
@@ -134,6 +138,11 @@ class LocalPrefectServer(ManagedProcess):
             env=prefect_environment(home),
             log_path=home / "server.log",
         )
+
+    def start(self) -> None:
+        """Start from the cached ready home if there is one (see home_template)."""
+        self.seeded = home_template.seed(self.home)
+        super().start()
 
     @property
     def api_url(self) -> str:
@@ -151,6 +160,8 @@ class LocalPrefectServer(ManagedProcess):
                     f"{self.log_tail()}"
                 )
             if health_ok(self.api_url):
+                if not self.seeded:
+                    home_template.save(self.home)
                 return
             time.sleep(0.5)
         self.stop()
