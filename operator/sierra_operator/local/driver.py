@@ -129,7 +129,7 @@ class LocalRun:
             self.start_executor(url)
             return url
         t0 = time.monotonic()
-        self.server = LocalPrefectServer(self.home)
+        self.server = LocalPrefectServer(self.home, lean=True)
         self.start_executor(self.server.api_url)
         view.note(f"starting a Prefect server on {self.server.api_url} (PREFECT_HOME={self.home})")
         self.server.start()
