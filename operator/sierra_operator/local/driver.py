@@ -134,6 +134,8 @@ class LocalRun:
         view.note(f"starting a Prefect server on {self.server.api_url} (PREFECT_HOME={self.home})")
         self.server.start()
         # Prefect's client imports (seconds on a small machine) overlap with the start.
+        import prefect.workers.process  # noqa: F401
+
         from sierra_operator.runs import prefect_api  # noqa: F401
 
         self.server.wait_ready(self.opts.server_timeout)
