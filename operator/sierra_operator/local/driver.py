@@ -282,7 +282,7 @@ class LocalRun:
         if self.server is not None:
             t0 = time.monotonic()
             # Its database is thrown away with its home: nothing to shut down gracefully.
-            self.server.stop(grace=0.2)
+            self.server.stop(grace=0.05)
             self.timings["server_stop"] = time.monotonic() - t0
         self._loop.close()
         shutil.rmtree(self.home, ignore_errors=True)

@@ -321,6 +321,9 @@ def main() -> None:
         pass
     finally:
         executor.stop()
+        _say("stopped")
+    # No interpreter teardown (Prefect imported: ~0.4 s): nothing is left to flush.
+    os._exit(0)
 
 
 if __name__ == "__main__":
