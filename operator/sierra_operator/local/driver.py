@@ -191,10 +191,9 @@ class LocalRun:
         )
         template = ProcessWorker.get_default_base_job_template()
         try:
-            self._await(self.prefect.ensure_pool(template))
+            self._await(self.prefect.ensure_deployment(str(self.loaded.workdir), template))
         except PoolConflict as exc:
             raise LocalError(str(exc)) from None
-        self._await(self.prefect.ensure_deployment(str(self.loaded.workdir)))
 
     def check_workers(self) -> None:
         """Fail clearly if the executor died (nothing would ever run)."""

@@ -315,17 +315,22 @@ class PrefectBatch:
             self.deployment_id = found.id
         return self.deployment_id
 
-    async def ensure_deployment(self, working_directory: str) -> UUID:
-        """Deployment of the experiment flow, imported by module path in the run process."""
+    async def ensure_deployment(
+        self, working_directory: str, pool_template: dict[str, Any] | None = None
+    ) -> UUID:
+        """Deployment of the experiment flow, imported by module path in the run process.
+
+        With ``pool_template``, the pool and queue are made first (:meth:`ensure_pool`) while
+        the flow is registered (local mode: one round trip less before the first run)."""
         from sierra_operator.runs.flows import run_experiment
 
         async with self.client() as client:
-            self.deployment_id = await self._deploy(
-                client,
-                run_experiment,
-                self.deployment_name,
-                names.FLOW_ENTRYPOINT,
-                working_directory,
+            flow_id, _ = await asyncio.gather(
+                client.create_flow(run_experiment),
+                self.ensure_pool(pool_template) if pool_template is not None else asyncio.sleep(0),
+            )
+            self.deployment_id = await self._create_deployment(
+                client, flow_id, self.deployment_name, names.FLOW_ENTRYPOINT, working_directory
             )
         return self.deployment_id
 
@@ -338,6 +343,16 @@ class PrefectBatch:
         working_directory: str,
     ) -> UUID:
         flow_id = await client.create_flow(flow)
+        return await self._create_deployment(client, flow_id, name, entrypoint, working_directory)
+
+    async def _create_deployment(
+        self,
+        client: PrefectClient,
+        flow_id: UUID,
+        name: str,
+        entrypoint: str,
+        working_directory: str,
+    ) -> UUID:
         return await client.create_deployment(
             flow_id=flow_id,
             name=name,
