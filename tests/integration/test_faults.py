@@ -145,12 +145,14 @@ def test_prefect_server_restarted_mid_batch(kube, jobs, workers, tmp_module):
 
 
 def _flow_run_process(pid: int) -> int:
-    """The Prefect flow-run process above a run's command (its parent, or the shell's)."""
+    """The flow-run process above a run's command (its parent, or the shell's): a Prefect
+    engine process, or in local mode a child forked by the flow-run executor."""
     while pid > 1:
         pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        if b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"prefect" in cmdline or b"sierra_operator.local.executor" in cmdline:
             return pid
-    raise AssertionError("no Prefect process above the run")
+    raise AssertionError("no flow-run process above the run")
 
 
 def test_local_flow_run_process_killed_mid_run(tmp_path, prefect_api_url):

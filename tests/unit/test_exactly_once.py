@@ -24,6 +24,7 @@ from sierra_operator.cluster.job_template import (
     render_base_job_template,
 )
 from sierra_operator.cluster.reconciler import MAX_RUN_EVENTS, failure_events
+from sierra_operator.core import names
 from sierra_operator.core.machine import RunObservation, RunPhase, decide
 from sierra_operator.core.model import (
     BatchStatus,
@@ -149,12 +150,11 @@ def flow_run(
 def task_run(fr: FlowRun, index: int, type_: StateType, message: str | None = None) -> TaskRun:
     return TaskRun(
         id=uuid.uuid4(),
-        name=f"e/run{index}",
+        name=names.run_task_run_name("e", index, 1),
         task_key="k",
         dynamic_key=str(index),
         flow_run_id=fr.id,
         state=state(type_, message),
-        tags=[f"sierra-run:{index}"],
     )
 
 
@@ -300,3 +300,23 @@ def test_failure_events_are_one_per_run_then_summed_up():
     assert len(per_run) == MAX_RUN_EVENTS
     assert len(posted) <= MAX_RUN_EVENTS + 3
     assert "600 more run(s) failed (1000 in all)" in posted[-1][2]
+
+
+def test_a_running_waves_record_settles_its_run_before_prefect_hears():
+    """Local mode: the record of this attempt is written as the command ends; the next wave
+    must not wait for the task state (events) or the flow run's end. The flow run is still
+    read again (not settled) until it is final; another attempt's record settles nothing."""
+    fr = flow_run(StateType.RUNNING, [(0, 1), (1, 1), (2, 1)], single=False)
+    tasks = {2: task_run(fr, 2, StateType.RUNNING)}
+    records = {
+        0: record_of(0, attempt=1, succeeded=True),
+        1: ledger.RunRecord(
+            "e", 1, 1, PlannedRun(1, "x").command_sha, 3, False, 0.0, 1.0, "exited 3", BATCH
+        ),
+        2: record_of(2, attempt=0, succeeded=True),
+    }
+    obs, settled = flow_run_observations(fr, tasks, lambda _r, _e, i: records.get(i))
+    assert obs[("e", 0)][1].phase is RunPhase.SUCCEEDED
+    assert obs[("e", 1)][1].phase is RunPhase.FAILED and obs[("e", 1)][1].reason == "exited 3"
+    assert obs[("e", 2)][1].phase is RunPhase.RUNNING, "an older attempt's record is not this one"
+    assert not settled

@@ -318,7 +318,7 @@ class ExecutionSpec(_SpecModel):
         default=1,
         ge=1,
         le=100,
-        description="Prefect workers (worker pods in the cluster, processes in local mode).",
+        description="Prefect worker pods in the cluster (local mode runs one executor process).",
     )
     parallelism: JsonInt = Field(
         default=4,

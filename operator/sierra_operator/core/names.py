@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 DEFAULT_LOCAL_POOL = "sierra-pool"
 DEFAULT_QUEUE = "sierra-queue"
@@ -46,13 +47,26 @@ def experiment_tag(experiment: str) -> str:
 
 
 def run_tag(index: int) -> str:
-    """Prefect tag naming the run index of a task run."""
+    """Prefect tag naming the run index of a flow run that executes one run (cluster)."""
     return f"sierra-run:{index}"
 
 
 def run_task_run_name(experiment: str, index: int, attempt: int) -> str:
-    """Task run name in Prefect's UI and logs: experiment/run index/attempt."""
+    """Task run name in Prefect's UI and logs: experiment/run index/attempt.
+
+    The name is how observers find a task run's run: task runs carry no tags, because
+    Prefect acquires a tag concurrency slot on its server for every tag of every task run
+    (two API writes per tag per run, seconds apart on a loaded SQLite server)."""
     return f"{experiment}/run{index}/attempt{attempt}"
+
+
+_TASK_RUN_NAME = re.compile(r"/run(\d+)/attempt\d+$")
+
+
+def run_index_of_task_run(name: str) -> int | None:
+    """The run index in a :func:`run_task_run_name`, or None for any other name."""
+    found = _TASK_RUN_NAME.search(name)
+    return int(found.group(1)) if found else None
 
 
 def wave_flow_run_name(experiment: str, first_attempt: int) -> str:

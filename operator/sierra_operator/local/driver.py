@@ -1,10 +1,12 @@
 """`sierra-operator local`: run a batch on this machine with the same engine as the operator.
 
-Wiring only: load and validate the batch (before anything starts), start a private Prefect
-server (or use ``--prefect-api-url``), create pool/queue/deployment, start process workers,
-then loop: observe Prefect (+ run records for ``--resume``) -> :func:`machine.decide` ->
-submit -> show progress. On Ctrl-C/SIGTERM it cancels its flow runs, stops its own
-processes and records the batch as Interrupted; finished runs keep their records.
+Wiring only: load and validate the batch (before anything starts), start the flow-run
+executor (:mod:`~sierra_operator.local.executor`, it imports Prefect while the server starts)
+and a private Prefect server (or use ``--prefect-api-url``), create pool/queue/deployment,
+then loop: observe Prefect (+ run records) -> :func:`machine.decide` -> create the flow run
+and hand it to the executor -> show progress. On Ctrl-C/SIGTERM it stops its flow runs and
+its own processes and records the batch as Interrupted; finished runs keep their records.
+Prefect's client is imported only once the server is starting: the two overlap.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 
@@ -29,15 +31,13 @@ from sierra_operator.core import names
 from sierra_operator.core.machine import Decision, RunObservation, RunPhase, decide, set_condition
 from sierra_operator.core.model import BatchPhase, BatchStatus, Condition, ImageStatus
 from sierra_operator.inputs.loader import LoadedBatch
+from sierra_operator.local.executor import FlowRunExecutor
 from sierra_operator.local.progress import ProgressView, summary_table
-from sierra_operator.local.server import (
-    LocalPrefectServer,
-    ManagedProcess,
-    health_ok,
-    process_worker,
-)
+from sierra_operator.local.server import LocalPrefectServer, health_ok
 from sierra_operator.runs import ledger
-from sierra_operator.runs.prefect_api import PrefectBatch
+
+if TYPE_CHECKING:
+    from sierra_operator.runs.prefect_api import PrefectBatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class LocalOptions:
     workers: int | None = None
     resume: bool = False
     server_timeout: float = 300.0
-    poll_interval: float = 0.25
+    poll_interval: float = 0.1  # an observe() costs two light API reads
 
 
 @dataclass
@@ -103,11 +103,10 @@ class LocalRun:
         self.batch_id = batch_identity(loaded.batch.metadata.name)
         self.home = home or Path(tempfile.mkdtemp(prefix="sierra-operator-prefect-"))
         self.server: LocalPrefectServer | None = None
-        self.workers: list[ManagedProcess] = []
+        self.executor: FlowRunExecutor | None = None
         self.prefect: PrefectBatch | None = None
         self.pool = opts.pool or spec.prefect.work_pool or names.DEFAULT_LOCAL_POOL
         self.queue = opts.queue or spec.prefect.work_queue or names.DEFAULT_QUEUE
-        self.n_workers = opts.workers or spec.execution.workers
         self.status = BatchStatus(phase=BatchPhase.PENDING, work_pool=self.pool)
         self.timings: dict[str, float] = {}
         self._loop = asyncio.new_event_loop()
@@ -118,7 +117,8 @@ class LocalRun:
     # ------------------------------------------------------------------ lifecycle
 
     def start_prefect(self, view: ProgressView) -> str:
-        """Our own server on a free port, or the given one (checked before use)."""
+        """Our own server on a free port, or the given one (checked before use); the
+        executor starts first, so its imports overlap with the server's start."""
         if self.opts.prefect_api_url:
             url = self.opts.prefect_api_url.rstrip("/")
             if not health_ok(url):
@@ -126,11 +126,18 @@ class LocalRun:
                     f"--prefect-api-url {url} does not answer /health; start the server or "
                     "drop the option to let local mode start its own"
                 )
+            self.start_executor(url)
             return url
         t0 = time.monotonic()
-        self.server = LocalPrefectServer(self.home)
+        self.server = LocalPrefectServer(self.home, lean=True)
+        self.start_executor(self.server.api_url)
         view.note(f"starting a Prefect server on {self.server.api_url} (PREFECT_HOME={self.home})")
         self.server.start()
+        # Prefect's client imports (seconds on a small machine) overlap with the start.
+        import prefect.workers.process  # noqa: F401
+
+        from sierra_operator.runs import prefect_api  # noqa: F401
+
         self.server.wait_ready(self.opts.server_timeout)
         self.timings["server_start"] = time.monotonic() - t0
         view.note(f"Prefect server ready in {self.timings['server_start']:.1f}s")
@@ -165,29 +172,34 @@ class LocalRun:
             }
         )
 
+    def start_executor(self, api_url: str) -> None:
+        """The process that executes this batch's flow runs (see its module)."""
+        log_dir = ledger.state_dir(self.loaded.batch_root) / "workers"
+        self.executor = FlowRunExecutor.for_batch(
+            self.home, api_url, f"{self.batch_id}-executor", log_dir
+        )
+        self.executor.start()
+
     def provision(self, api_url: str) -> None:
-        """Pool, queue, deployment, then the workers."""
+        """Pool, queue and deployment (the flow runs' home on Prefect)."""
         from prefect.workers.process import ProcessWorker
+
+        from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch
 
         self.prefect = PrefectBatch(
             api_url, self.batch_id, self.pool, self.queue, read_records=True
         )
         template = ProcessWorker.get_default_base_job_template()
-        self._await(self.prefect.ensure_pool(template))
-        self._await(self.prefect.ensure_deployment(str(self.loaded.workdir)))
-        log_dir = ledger.state_dir(self.loaded.batch_root) / "workers"
-        for i in range(self.n_workers):
-            worker = process_worker(
-                self.home, api_url, self.pool, self.queue, f"{self.batch_id}-w{i}", log_dir
-            )
-            worker.start()
-            self.workers.append(worker)
+        try:
+            self._await(self.prefect.ensure_deployment(str(self.loaded.workdir), template))
+        except PoolConflict as exc:
+            raise LocalError(str(exc)) from None
 
     def check_workers(self) -> None:
-        """Fail clearly if every worker died (nothing would ever run)."""
-        if self.workers and not any(w.running() for w in self.workers):
-            tail = self.workers[0].log_tail()
-            raise LocalError(f"all Prefect workers exited; the first one's log ends:\n{tail}")
+        """Fail clearly if the executor died (nothing would ever run)."""
+        if self.executor is not None and not self.executor.running():
+            tail = self.executor.log_tail()
+            raise LocalError(f"the flow-run executor exited; its log ends:\n{tail}")
 
     def tick(self, resumed: set[tuple[str, int]]) -> Decision:
         """Observe, decide, act: one turn of the loop."""
@@ -203,7 +215,7 @@ class LocalRun:
             suspend=False,
         )
         for action in decision.actions:
-            self._await(
+            run_id = self._await(
                 self.prefect.submit(
                     action,
                     {
@@ -217,18 +229,21 @@ class LocalRun:
                     },
                 )
             )
+            assert self.executor is not None
+            self.executor.execute(str(run_id))
         if decision.status != self.status:
             self.status = decision.status
             ledger.write_status(self.loaded.batch_root, self.status)
         return decision
 
     def interrupt(self) -> None:
-        """Cancel our flow runs and record the batch as Interrupted (records stay)."""
+        """Stop our flow runs (the executor stops their processes, which kill their
+        commands), mark them Cancelled and record the batch as Interrupted (records stay)."""
+        if self.executor is not None:
+            self.executor.stop()
         if self.prefect is not None:
             try:
-                left = self._await(self.prefect.cancel_active())
-                if left:
-                    self.console.print(f"{left} flow run(s) did not confirm cancellation")
+                self._await(self.prefect.mark_cancelled())
             except Exception as exc:  # the server may be the thing that died
                 self.console.print(f"could not cancel flow runs: {exc}", markup=False)
         now = datetime.now(UTC)
@@ -252,10 +267,11 @@ class LocalRun:
         ledger.write_status(self.loaded.batch_root, self.status)
 
     def shutdown(self) -> None:
-        """Stop what we started, in order: workers, Prefect objects, server, temp home."""
-        for worker in self.workers:
-            worker.stop()
-        if self.prefect is not None and (self.server is None or self.server.running()):
+        """Stop what we started, in order: executor, Prefect objects, server, temp home."""
+        if self.executor is not None:
+            self.executor.stop()
+        # Our own server's database goes with its home: only a shared server is cleaned up.
+        if self.prefect is not None and self.server is None:
             try:
                 self._await(self.prefect.cleanup())
             except Exception as exc:
@@ -263,7 +279,10 @@ class LocalRun:
                     f"could not delete the work pool/deployment: {exc}", markup=False
                 )
         if self.server is not None:
-            self.server.stop()
+            t0 = time.monotonic()
+            # Its database is thrown away with its home: nothing to shut down gracefully.
+            self.server.stop(grace=0.05)
+            self.timings["server_stop"] = time.monotonic() - t0
         self._loop.close()
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -301,7 +320,8 @@ class LocalRun:
                 self.check_workers()
                 time.sleep(self.opts.poll_interval)
             self.timings["execution"] = time.monotonic() - t0
-            # Runs are final; let their flow runs report themselves before workers stop.
+            t0 = time.monotonic()
+            # Runs are final; let their flow runs report themselves before the executor stops.
             if self.prefect is not None:
                 self._await(self.prefect.wait_idle())
         except KeyboardInterrupt:
@@ -313,6 +333,7 @@ class LocalRun:
             view.close()
             signal.signal(signal.SIGTERM, previous_term)
             self.shutdown()
+        self.timings["finishing"] = time.monotonic() - t0
         self.console.print(summary_table(decision.status, decision.failed_runs))
         code = EXIT_OK if decision.status.phase is BatchPhase.SUCCEEDED else EXIT_RUNS_FAILED
         return LocalResult(

@@ -250,13 +250,10 @@ def run_experiment(
         try:
             for run in runs:
                 index, attempt = int(run["index"]), int(run["attempt"])
+                # No tags: each would cost a concurrency-slot round trip to the server
+                # (see names.run_task_run_name); the name identifies the run.
                 configured = run_command.with_options(
-                    task_run_name=names.run_task_run_name(experiment, index, attempt),
-                    tags=[
-                        names.batch_tag(batch_id),
-                        names.experiment_tag(experiment),
-                        names.run_tag(index),
-                    ],
+                    task_run_name=names.run_task_run_name(experiment, index, attempt)
                 )
                 parameters = {
                     "batch_id": batch_id,

@@ -31,7 +31,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 
 from sierra_operator.core import names
 from sierra_operator.core.machine import RunAttempt, RunKey, RunObservation, RunPhase, SubmitRuns
@@ -53,14 +53,6 @@ TASK_PHASES = {
 
 class PoolConflict(RuntimeError):
     """The work pool name is taken by a pool this batch did not create."""
-
-
-def _run_index(task_run: TaskRun) -> int | None:
-    prefix = names.run_tag(0)[:-1]
-    for tag in task_run.tags:
-        if tag.startswith(prefix):
-            return int(tag[len(prefix) :])
-    return None
 
 
 def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
@@ -120,10 +112,11 @@ def flow_run_observations(
     information (task states reach Prefect's database later, through events):
 
     * a flow run of one run (cluster) is that run: its own state is authoritative;
-    * in a wave, a final task state counts; else a COMPLETED flow run means every run
-      succeeded (the flow raises when one fails); else the durable run record of this
-      attempt settles it; else a crashed or cancelled flow run failed its unfinished runs;
-      anything still unknown stays active and is read again.
+    * in a wave, a final task state counts; else the durable run record of this attempt
+      (local mode; written as the command ends, before Prefect hears of it); else a
+      COMPLETED flow run means every run succeeded (the flow raises when one fails); else
+      a crashed or cancelled flow run failed its unfinished runs;
+    anything still unknown stays active and is read again.
     """
     flow_state = _state_type(fr)
     flow_final = flow_state in FINAL_STATES
@@ -173,17 +166,20 @@ def _observe_run(
         if phase is RunPhase.FAILED:
             return failed(tr.state.message, f"task run ended {task_state}")
         return RunObservation(phase, attempt)
-    if flow_state not in FINAL_STATES:
-        phase = TASK_PHASES.get(task_state, RunPhase.PENDING) if task_state else RunPhase.PENDING
-        return RunObservation(phase, attempt)
-    if flow_state is StateType.COMPLETED:
-        return RunObservation(RunPhase.SUCCEEDED, attempt)
+    # The record of this attempt is written as its command ends, before Prefect hears of
+    # it (task states arrive through events, the flow run ends later): it settles the run
+    # as soon as it exists, so the next wave does not wait for Prefect's bookkeeping.
     rec = record(str(fr.parameters.get("batch_root", "")), experiment, index) if record else None
     if _record_of(rec, fr, index, attempt):
         assert rec is not None
         if rec.succeeded:
             return RunObservation(RunPhase.SUCCEEDED, attempt)
         return failed(rec.reason, f"exited {rec.exit_code}")
+    if flow_state not in FINAL_STATES:
+        phase = TASK_PHASES.get(task_state, RunPhase.PENDING) if task_state else RunPhase.PENDING
+        return RunObservation(phase, attempt)
+    if flow_state is StateType.COMPLETED:
+        return RunObservation(RunPhase.SUCCEEDED, attempt)
     if flow_state in (StateType.CRASHED, StateType.CANCELLED) or record is not None:
         # The flow run ended under it (crashed, cancelled) or it never wrote its record.
         return failed(flow_message, f"flow run {fr.name} ended {flow_state} before it finished")
@@ -366,17 +362,22 @@ class PrefectBatch:
             self.deployment_id = found.id
         return self.deployment_id
 
-    async def ensure_deployment(self, working_directory: str) -> UUID:
-        """Deployment of the experiment flow, imported by module path in the run process."""
+    async def ensure_deployment(
+        self, working_directory: str, pool_template: dict[str, Any] | None = None
+    ) -> UUID:
+        """Deployment of the experiment flow, imported by module path in the run process.
+
+        With ``pool_template``, the pool and queue are made first (:meth:`ensure_pool`) while
+        the flow is registered (local mode: one round trip less before the first run)."""
         from sierra_operator.runs.flows import run_experiment
 
         async with self.client() as client:
-            self.deployment_id = await self._deploy(
-                client,
-                run_experiment,
-                self.deployment_name,
-                names.FLOW_ENTRYPOINT,
-                working_directory,
+            flow_id, _ = await asyncio.gather(
+                client.create_flow(run_experiment),
+                self.ensure_pool(pool_template) if pool_template is not None else asyncio.sleep(0),
+            )
+            self.deployment_id = await self._create_deployment(
+                client, flow_id, self.deployment_name, names.FLOW_ENTRYPOINT, working_directory
             )
         return self.deployment_id
 
@@ -389,6 +390,16 @@ class PrefectBatch:
         working_directory: str,
     ) -> UUID:
         flow_id = await client.create_flow(flow)
+        return await self._create_deployment(client, flow_id, name, entrypoint, working_directory)
+
+    async def _create_deployment(
+        self,
+        client: PrefectClient,
+        flow_id: UUID,
+        name: str,
+        entrypoint: str,
+        working_directory: str,
+    ) -> UUID:
         return await client.create_deployment(
             flow_id=flow_id,
             name=name,
@@ -586,7 +597,7 @@ class PrefectBatch:
             tasks = await self._task_runs(client, waves)
         by_flow: dict[UUID, dict[int, TaskRun]] = {}
         for tr in tasks:
-            index = _run_index(tr)
+            index = names.run_index_of_task_run(tr.name)
             if tr.flow_run_id is not None and index is not None:
                 by_flow.setdefault(tr.flow_run_id, {})[index] = tr
         lookup = ledger_lookup if self.read_records else None
@@ -616,7 +627,7 @@ class PrefectBatch:
     async def _wait_final(self, client: PrefectClient, live: list[UUID], timeout: float) -> int:
         deadline = asyncio.get_running_loop().time() + timeout
         while live and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.1)
             runs = await self._flow_runs(client, id=FlowRunFilterId(any_=live))
             live = [fr.id for fr in runs if _state_type(fr) not in FINAL_STATES]
         return len(live)
@@ -633,6 +644,17 @@ class PrefectBatch:
             for run_id in live:
                 await client.set_flow_run_state(run_id, Cancelling(), force=True)
             return await self._wait_final(client, live, timeout)
+
+    async def mark_cancelled(self) -> int:
+        """Mark this batch's unfinished flow runs Cancelled, once nothing executes them any
+        more (local mode stopped its executor); returns how many it marked."""
+        async with self.client() as client:
+            live = await self._live_ids(client)
+            for run_id in live:
+                await client.set_flow_run_state(
+                    run_id, Cancelled(message="local mode was interrupted"), force=True
+                )
+            return len(live)
 
     async def cleanup(self) -> None:
         """Delete this batch's deployments and pool; a pool someone else made is left alone."""

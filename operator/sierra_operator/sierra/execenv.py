@@ -10,7 +10,7 @@ Why a child process that this module waits for, rather than a shell command SIER
 
 * SIERRA runs the commands a plugin returns with their output captured (nothing shows until
   they end), and on Ctrl-C gives them a quarter of a second before it exits: local mode would
-  still be cancelling runs and stopping its workers, writing to a pipe nobody reads. Here the
+  still be cancelling runs and stopping its executor, writing to a pipe nobody reads. Here the
   child writes to SIERRA's terminal (progress bar included) and SIERRA waits until it has
   stopped everything it started.
 * SIERRA goes on to stage 3 after a failed command unless ``--exec-strict``; a failed run
@@ -227,7 +227,7 @@ def wait_forwarding_interrupts(
     proc: subprocess.Popen[bytes], note: Callable[[str], None] = log.warning
 ) -> tuple[int, bool]:
     """Wait for the child; the first Ctrl-C or SIGTERM is passed on to it as one SIGTERM
-    (local mode treats it as Ctrl-C: cancels its runs, stops its workers and server), later
+    (local mode treats it as Ctrl-C: cancels its runs, stops its executor and server), later
     ones only wait. Returns (exit code, whether we were interrupted).
 
     The wait polls: SIERRA's process has threads (polars), the kernel may hand the signal to

@@ -1,0 +1,330 @@
+"""Local mode's flow-run executor: one warm Python per batch instead of one fresh per flow run.
+
+A Prefect process worker starts ``python -m prefect.engine`` for every flow run: on a small
+machine that is 3-6 s of interpreter start and imports per experiment, the largest cost of
+local mode after the server's own start. This executor is started once per batch, while the
+Prefect server starts, and imports Prefect and the experiment flow then. The driver writes
+the id of each flow run it creates to the executor's stdin; the executor forks a child per
+flow run, and the child runs the flow run as Prefect's own entrypoint does (``python -m
+prefect.engine``, the command a process worker runs) with everything already imported.
+
+Semantics kept from the process worker: each flow run executes in its own process (its own
+process group); a flow-run process that dies without reporting (SIGKILL, OOM) has its flow
+run marked Crashed, so the driver retries its runs; SIGTERM (or the driver closing our
+stdin) stops every flow-run process with SIGTERM (Prefect's engine then kills the run
+commands, see ``flows.kill_live_runs``), then SIGKILL after a grace period. The parent
+process never talks to Prefect through Prefect's client (no threads before a fork): its one
+API call, marking a dead flow run Crashed, is plain HTTP.
+
+Run as ``python -m sierra_operator.local.executor``, with ``PREFECT_API_URL`` set.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+from uuid import UUID
+
+from sierra_operator.local.server import ManagedProcess, prefect_environment
+
+# Modules a flow run imports lazily while it runs (measured with prefect 3.8.8: ~120
+# modules, fastapi and starlette among them): imported once here, not in every flow run.
+LAZY_IMPORTS = (
+    "anyio._backends._asyncio",
+    "anyio.streams.stapled",
+    "anyio.streams.tls",
+    "encodings.idna",
+    "fastapi",
+    "graphviz",
+    "http.cookies",
+    "opentelemetry._logs",
+    "opentelemetry.metrics",
+    "prefect.utilities.visualization",
+    "pydantic.color",
+    "rich._emoji_codes",
+    "starlette.applications",
+    "starlette.responses",
+    "starlette.routing",
+    "starlette.staticfiles",
+)
+READY = "ready"  # the line the executor prints once its imports are done
+STOP_GRACE = 5.0  # within the driver's grace for the executor itself
+_FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class FlowRunExecutor(ManagedProcess):
+    """The driver's handle on the executor process (started before the server is ready)."""
+
+    pipe_stdin: ClassVar[bool] = True
+    submitted: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_batch(cls, home: Path, api_url: str, name: str, log_dir: Path) -> FlowRunExecutor:
+        """An executor talking to ``api_url``, logging to ``log_dir/<name>.log``."""
+        return cls(
+            name=name,
+            argv=[sys.executable, "-m", "sierra_operator.local.executor"],
+            env=prefect_environment(home, api_url),
+            log_path=log_dir / f"{name}.log",
+        )
+
+    def execute(self, flow_run_id: str) -> None:
+        """Hand one flow run to the executor; it starts it at once."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{flow_run_id}\n".encode())
+        self.proc.stdin.flush()
+        self.submitted.append(flow_run_id)
+
+
+# ------------------------------------------------------------------- the executor process
+
+
+def _say(line: str) -> None:
+    """One line of the executor's log, timed like Prefect's own lines."""
+    print(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} | {line}", flush=True)
+
+
+def _api(url: str, method: str = "GET", body: dict[str, object] | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def mark_crashed(api_url: str, flow_run_id: str, message: str) -> None:
+    """Mark a flow run Crashed unless it reached a final state (what a worker does when the
+    flow-run process exits without reporting); best effort, logged."""
+    try:
+        run = _api(f"{api_url}/flow_runs/{flow_run_id}")
+        state = (run or {}).get("state") or {} if isinstance(run, dict) else {}
+        if state.get("type") in _FINAL:
+            return
+        _api(
+            f"{api_url}/flow_runs/{flow_run_id}/set_state",
+            "POST",
+            {"state": {"type": "CRASHED", "name": "Crashed", "message": message}},
+        )
+        _say(f"flow run {flow_run_id}: marked Crashed ({message})")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        _say(f"flow run {flow_run_id}: could not mark it Crashed: {exc}")
+
+
+def _execute(flow_run_id: str) -> None:
+    """What ``python -m prefect.engine`` does for a flow run, minus loading the flow from its
+    deployment (an API read and the pull steps: the flow is imported already, and each
+    run's command is given its working directory explicitly)."""
+    from prefect._internal.metrics import RunMetrics
+    from prefect.engine import handle_engine_signals
+    from prefect.flow_engine import load_flow_run, run_flow
+    from prefect.logging.loggers import flow_run_logger
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from sierra_operator.runs.flows import run_experiment
+
+    # No heartbeats: the flow run's end waits up to 1 s for the heartbeat thread, and this
+    # executor itself reports a flow-run process that dies (heartbeats let a server find such
+    # runs when nobody watches them).
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        handle_engine_signals(UUID(flow_run_id)),
+    ):
+        flow_run = load_flow_run(flow_run_id=UUID(flow_run_id))
+        with RunMetrics(flow_run, run_experiment):
+            logger = flow_run_logger(flow_run)
+            run_flow(run_experiment, flow_run=flow_run, error_logger=logger)  # type: ignore[arg-type]
+
+
+def _become_flow_run_process() -> None:
+    """In a forked child: its own process group, default signals, no stdin of ours."""
+    os.setpgid(0, 0)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+
+
+def _read_line(fd: int) -> str | None:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 256)
+        if not chunk:
+            return None
+        data += chunk
+    return data.decode().strip()
+
+
+def _spare(feed: int) -> None:
+    """A child forked ahead of need: waits for its flow run's id on ``feed``, executes it,
+    exits (without an id: exits 0, the executor is stopping). Never returns."""
+    code = 0
+    flow_run_id = ""
+    try:
+        _become_flow_run_process()
+        flow_run_id = _read_line(feed) or ""
+        if flow_run_id:
+            os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
+            _execute(flow_run_id)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:
+        print(f"flow run {flow_run_id}: {type(exc).__name__}: {exc}", flush=True)
+        code = 1
+    finally:
+        try:
+            atexit._run_exitfuncs()  # Prefect drains its log and event services here
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"the flow-run process was killed by signal {os.WTERMSIG(status)}"
+    return f"the flow-run process exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+class _Executor:
+    """Flow-run processes forked from this warm one; one spare is always forked ahead."""
+
+    def __init__(self, api_url: str) -> None:
+        self.api_url = api_url
+        self.children: dict[int, str] = {}
+        self.spare: tuple[int, int] | None = None  # (pid, write end of its pipe)
+
+    def fork_spare(self) -> None:
+        """Fork the next flow-run process now, so a flow run does not wait for the fork."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_end)
+            _spare(read_end)
+        os.close(read_end)
+        self.spare = (pid, write_end)
+
+    def start(self, flow_run_id: str) -> None:
+        """Hand the flow run to the spare (a fresh fork if it died), then fork the next."""
+        for _ in range(2):
+            if self.spare is None:
+                self.fork_spare()
+            assert self.spare is not None
+            pid, feed = self.spare
+            self.spare = None
+            try:
+                os.write(feed, f"{flow_run_id}\n".encode())
+            except OSError:  # the spare is gone (killed): a new one takes it
+                continue
+            finally:
+                os.close(feed)
+            self.children[pid] = flow_run_id
+            _say(f"flow run {flow_run_id}: started in process {pid}")
+            self.fork_spare()
+            return
+        mark_crashed(self.api_url, flow_run_id, "no flow-run process could be started")
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.spare is not None and pid == self.spare[0]:
+                os.close(self.spare[1])
+                self.spare = None
+                continue
+            flow_run_id = self.children.pop(pid, None)
+            if flow_run_id is None:
+                continue
+            if status != 0:
+                mark_crashed(self.api_url, flow_run_id, _describe(status))
+            _say(f"flow run {flow_run_id}: {_describe(status)}")
+
+    def stop(self) -> None:
+        if self.spare is not None:
+            pid, feed = self.spare
+            os.close(feed)  # it exits on EOF; the kill is for one that is not reading yet
+            self.spare = None
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5.0)):
+            for pid in list(self.children):
+                try:
+                    os.killpg(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while self.children and time.monotonic() < deadline:
+                self.reap()
+                time.sleep(0.05)
+            if not self.children:
+                return
+
+    def serve(self) -> None:
+        buffered = b""
+        while True:
+            self.reap()
+            ready, _, _ = select.select([0], [], [], 0.05)
+            if not ready:
+                continue
+            chunk = os.read(0, 4096)
+            if not chunk:  # the driver closed our stdin: it is done, or gone
+                return
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self.start(line.decode().strip())
+
+
+def main() -> None:
+    """Import everything a flow run needs, say so, then execute flow runs until stdin ends."""
+    api_url = os.environ["PREFECT_API_URL"].rstrip("/")
+    # Warm: what every flow-run process needs, imported once here instead of per flow run.
+    import prefect._internal.metrics
+    import prefect.engine
+    import prefect.flow_engine
+    import prefect.settings
+    import prefect.task_engine  # noqa: F401
+
+    import sierra_operator.runs.flows  # noqa: F401 - the flow's module
+
+    for module in LAZY_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    executor = _Executor(api_url)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    executor.fork_spare()
+    _say(READY)
+    try:
+        executor.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        executor.stop()
+        _say("stopped")
+    # No interpreter teardown (Prefect imported: ~0.4 s): nothing is left to flush.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
