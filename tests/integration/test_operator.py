@@ -181,6 +181,41 @@ def test_experiments_in_order_with_bounded_parallelism(kube, jobs, operator, wor
     assert max_overlap(list(spans.values())) <= 2, "pool concurrency limit = parallelism"
 
 
+def test_runs_per_pod_packs_runs_into_fewer_jobs(
+    kube, jobs, operator, workers, prefect_api_url, tmp_module
+):
+    """runsPerPod 3: c1-exp0's 5 runs execute in 2 Jobs (runs 0-2, 3-4), c1-exp1's 2 in one;
+    each run still once, with its own output and status count, at most parallelism at once."""
+    mount = tmp_module / "root-packed"
+    before = set(jobs.started)
+    doc = batch_doc(
+        "packed", mount, [[probe(0.5)] * 5, [probe(0.3)] * 2], parallelism=2, runsPerPod=3
+    )
+    uid = kube.create_batch("lab-b", doc)["metadata"]["uid"]
+    workers.start_from_deployment("lab-b", "packed-worker")
+    wait_for(
+        lambda: kube.phase("lab-b", "packed") in ("Succeeded", "Failed"),
+        300,
+        f"lab-b/packed to finish: {dump((kube.batch('lab-b', 'packed') or {}).get('status'))}",
+    )
+    obj = kube.batch("lab-b", "packed")
+    assert obj["status"]["phase"] == "Succeeded", dump(obj["status"])
+    assert obj["status"]["runs"]["succeeded"] == 7
+    started = [
+        job
+        for job_uid, job in jobs.started.items()
+        if job_uid not in before and job["metadata"]["namespace"] == "lab-b"
+    ]
+    assert len(started) == 3, f"3 Jobs for 7 runs: {[j['metadata']['name'] for j in started]}"
+    assert flow_run_count(prefect_api_url, uid) == 3, "one flow run per pod, no duplicate"
+    spans = intervals(events(mount / "packed"))
+    assert len(spans) == 7, "every run executed exactly once"
+    assert max_overlap(list(spans.values())) <= 2, "pods share execution.parallelism"
+    for exp, n in (("c1-exp0", 5), ("c1-exp1", 2)):
+        for k in range(n):
+            assert (mount / f"packed/exp-outputs/{exp}/run{k}/result.json").exists(), (exp, k)
+
+
 def test_invalid_spec_creates_nothing_and_says_why(kube, operator, prefect_api_url, tmp_path):
     """The API server's schema would reject parallelism 0 at admission; the emulator does not
     enforce schemas, which shows the operator's own validation (the second line). The

@@ -35,7 +35,7 @@ from sierra_operator.core.model import (
 )
 from sierra_operator.core.plan import Plan, PlannedExperiment, PlannedRun
 from sierra_operator.runs import ledger
-from sierra_operator.runs.prefect_api import flow_run_observations
+from sierra_operator.runs.prefect_api import SETTLE_GRACE_SECONDS, flow_run_observations
 
 pytestmark = pytest.mark.unit
 
@@ -320,3 +320,64 @@ def test_a_running_waves_record_settles_its_run_before_prefect_hears():
     assert obs[("e", 1)][1].phase is RunPhase.FAILED and obs[("e", 1)][1].reason == "exited 3"
     assert obs[("e", 2)][1].phase is RunPhase.RUNNING, "an older attempt's record is not this one"
     assert not settled
+
+
+# ----------------------------------------------------------------------------- runs per pod
+
+
+def ended(fr: FlowRun, seconds_ago: float) -> tuple[FlowRun, datetime]:
+    """``fr`` as it ended, and the time ``seconds_ago`` seconds after its end."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    fr.end_time = at
+    return fr, datetime.fromtimestamp(at.timestamp() + seconds_ago, UTC)
+
+
+@pytest.mark.parametrize("flow_state", [StateType.CRASHED, StateType.FAILED, StateType.CANCELLED])
+def test_a_crashed_pod_of_packed_runs_fails_exactly_the_runs_it_held(flow_state):
+    """Cluster (no records): a pod executing runs 0-2 dies after run 0 completed and run 1
+    failed. Until the grace period passes, run 2 (task still Running, as the pod left it)
+    stays active: its end may still be on its way. Then it fails with the crash message; run
+    0 is never failed, run 1 keeps its own reason."""
+    message = "Job reported a failed pod: OOMKilled"
+    fr = flow_run(flow_state, [(0, 1), (1, 1), (2, 1)], single=False, message=message)
+    tasks = {
+        0: task_run(fr, 0, StateType.COMPLETED),
+        1: task_run(fr, 1, StateType.FAILED, "Task run encountered an exception e/run1 exited 2"),
+        2: task_run(fr, 2, StateType.RUNNING),
+    }
+    fr, soon = ended(fr, SETTLE_GRACE_SECONDS - 1)
+    obs, settled = flow_run_observations(fr, tasks, None, soon)
+    phases = {k[1]: o.phase for k, (_, o) in obs.items()}
+    assert phases == {0: RunPhase.SUCCEEDED, 1: RunPhase.FAILED, 2: RunPhase.RUNNING}
+    assert not settled, "read again until run 2 is known"
+    # Run 2's completion arrives within the grace period: it succeeded.
+    late = {**tasks, 2: task_run(fr, 2, StateType.COMPLETED)}
+    obs, settled = flow_run_observations(fr, late, None, soon)
+    assert obs[("e", 2)][1].phase is RunPhase.SUCCEEDED and settled
+    # It never arrives: past the grace period run 2 failed, with the pod's crash as reason.
+    _, later = ended(fr, SETTLE_GRACE_SECONDS)
+    obs, settled = flow_run_observations(fr, tasks, None, later)
+    phases = {k[1]: o.phase for k, (_, o) in obs.items()}
+    assert phases == {0: RunPhase.SUCCEEDED, 1: RunPhase.FAILED, 2: RunPhase.FAILED}
+    assert obs[("e", 1)][1].reason == "exited 2"
+    assert obs[("e", 2)][1].reason == message
+    assert settled
+
+
+def test_a_packed_pod_that_never_started_its_runs_fails_them_all_after_the_grace():
+    """A refused re-execution or an unschedulable pod: no task runs at all."""
+    fr = flow_run(StateType.CRASHED, [(3, 2), (4, 1)], single=False, message="pod lost")
+    fr, later = ended(fr, SETTLE_GRACE_SECONDS + 5)
+    obs, settled = flow_run_observations(fr, {}, None, later)
+    assert obs == {
+        ("e", 3): (2, RunObservation(RunPhase.FAILED, 2, "pod lost", obs[("e", 3)][1].log)),
+        ("e", 4): (1, RunObservation(RunPhase.FAILED, 1, "pod lost", obs[("e", 4)][1].log)),
+    }
+    assert settled
+
+
+def test_a_completed_packed_pod_succeeds_every_run_it_held_at_once():
+    fr = flow_run(StateType.COMPLETED, [(0, 1), (1, 1), (2, 1)], single=False)
+    fr, soon = ended(fr, 0)
+    obs, settled = flow_run_observations(fr, {}, None, soon)
+    assert {o.phase for _, o in obs.values()} == {RunPhase.SUCCEEDED} and settled

@@ -12,6 +12,8 @@ from sierra_operator.core.machine import (
     RunPhase,
     SubmitRuns,
     decide,
+    pack,
+    pod_shape,
 )
 from sierra_operator.core.model import BatchPhase, BatchStatus, ExecutionSpec, ExperimentPhase
 from sierra_operator.core.plan import Plan, PlannedExperiment, PlannedRun
@@ -212,3 +214,35 @@ def test_status_size_is_bounded_by_experiments_not_runs():
     d = decide(exec_spec(), big, {}, BatchStatus(), T0)
     assert len(d.status.model_dump_json()) < 2000
     assert d.status.runs.total == 10000
+
+
+# ----------------------------------------------------------------------------- runs per pod
+
+
+def test_a_wave_is_packed_in_run_order_into_groups_of_runs_per_pod():
+    runs = tuple(RunAttempt(k, f"run {k}", 1 + k % 2) for k in range(7))
+    assert [[r.index for r in g] for g in pack(runs, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert pack(runs, 3) == pack(runs, 3), "the same wave, the same groups (restarts)"
+    assert [len(g) for g in pack(runs, 1)] == [1] * 7, "default: a pod per run"
+    assert pack(runs, 100) == [runs]
+    assert pack((), 3) == []
+
+
+@pytest.mark.parametrize(
+    ("parallelism", "per_pod", "in_pod", "pods"),
+    [(4, 1, 1, 4), (2, 3, 2, 1), (4, 3, 3, 1), (6, 3, 3, 2), (1, 5, 1, 1), (10, 4, 4, 2)],
+)
+def test_pods_share_parallelism_so_at_most_parallelism_runs_execute(
+    parallelism, per_pod, in_pod, pods
+):
+    shape = pod_shape(parallelism, per_pod)
+    assert (shape.in_pod, shape.pods) == (in_pod, pods)
+    assert shape.in_pod * shape.pods <= parallelism
+
+
+def test_runs_per_pod_is_bounded_and_defaults_to_one():
+    assert exec_spec().runs_per_pod == 1
+    assert exec_spec(runsPerPod=100).runs_per_pod == 100
+    for bad in (0, 101):
+        with pytest.raises(ValueError, match="runsPerPod"):
+            exec_spec(runsPerPod=bad)

@@ -26,7 +26,7 @@ from sierra_operator.cluster.job_template import (
 from sierra_operator.cluster.manifests import BatchRef, WorkerConfig, claim_name, render_children
 from sierra_operator.cluster.settings import OperatorSettings
 from sierra_operator.core import merge_patch, names
-from sierra_operator.core.machine import SubmitRuns, decide, set_condition
+from sierra_operator.core.machine import SubmitRuns, decide, pod_shape, set_condition
 from sierra_operator.core.model import (
     TERMINAL_PHASES,
     BatchPhase,
@@ -158,7 +158,8 @@ def batch_prefect(
         pool=spec.prefect.work_pool or names.cluster_pool(namespace, batch.metadata.name),
         queue=spec.prefect.work_queue or names.DEFAULT_QUEUE,
         pool_type="kubernetes",
-        concurrency_limit=spec.execution.parallelism,
+        # Pods at once: with runsPerPod, each pod executes several runs at a time.
+        concurrency_limit=pod_shape(spec.execution.parallelism, spec.execution.runs_per_pod).pods,
         submit_concurrency=submit_concurrency,
     )
 
@@ -551,7 +552,10 @@ async def _advance(
             # Decided again next reconcile, once they are gone; said, not silent.
             held.append(f"{action.experiment}: retry waits until the Job(s) of {waiting} are gone")
             continue
-        await prefect.submit_each(action, parameters)
+        shape = pod_shape(spec.execution.parallelism, spec.execution.runs_per_pod)
+        await prefect.submit_each(
+            action, parameters, spec.execution.runs_per_pod, in_pod=shape.in_pod
+        )
         ctx.events.append(
             (
                 "Normal",

@@ -93,6 +93,33 @@ class SubmitRuns:
 Action = SubmitRuns
 
 
+def pack(runs: tuple[RunAttempt, ...], runs_per_pod: int) -> list[tuple[RunAttempt, ...]]:
+    """A wave's runs in groups of at most ``runs_per_pod``, in run order: each group is one
+    flow run (one Job, one pod) in the cluster, so a batch of short runs pays a pod start per
+    group rather than per run. The groups follow the wave, so the same wave (re-decided after
+    an operator restart) gives the same groups."""
+    size = max(1, runs_per_pod)
+    return [runs[i : i + size] for i in range(0, len(runs), size)]
+
+
+@dataclass(frozen=True)
+class PodShape:
+    """How ``execution.parallelism`` is split when runs share pods.
+
+    ``in_pod``: runs one pod executes at the same time; ``pods``: the work pool's concurrency
+    limit (pods at the same time). ``in_pod * pods <= parallelism``, so at most
+    ``parallelism`` runs execute at once, as with a pod per run."""
+
+    in_pod: int
+    pods: int
+
+
+def pod_shape(parallelism: int, runs_per_pod: int) -> PodShape:
+    """How ``parallelism`` splits between pods and the runs inside each (:class:`PodShape`)."""
+    in_pod = max(1, min(runs_per_pod, parallelism))
+    return PodShape(in_pod, max(1, parallelism // in_pod))
+
+
 @dataclass(frozen=True)
 class Decision:
     """What to do now and the status to record."""

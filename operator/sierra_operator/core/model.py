@@ -326,6 +326,15 @@ class ExecutionSpec(_SpecModel):
         le=10000,
         description="At most this many runs of one experiment execute at the same time.",
     )
+    runs_per_pod: JsonInt = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Cluster: up to this many runs of one experiment execute in one pod (one "
+        "Job), sharing it within parallelism, each still its own task, record and status "
+        "entry: short runs do not pay a pod start each. 1: a pod per run. Local mode executes "
+        "a whole wave in one process already.",
+    )
     retries: JsonInt = Field(
         default=0,
         ge=0,

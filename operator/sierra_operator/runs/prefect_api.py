@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -34,7 +35,14 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
 from sierra_operator.core import names
-from sierra_operator.core.machine import RunAttempt, RunKey, RunObservation, RunPhase, SubmitRuns
+from sierra_operator.core.machine import (
+    RunAttempt,
+    RunKey,
+    RunObservation,
+    RunPhase,
+    SubmitRuns,
+    pack,
+)
 from sierra_operator.core.plan import PlannedRun
 from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
 
@@ -71,6 +79,11 @@ FLOW_PHASES = {
     StateType.CANCELLING: RunPhase.RUNNING,
 }
 REASON_CHARS = 800
+SETTLE_GRACE_SECONDS = 15.0
+"""How long after a wave's flow run ended (failed, crashed, cancelled) its runs whose task
+run is not final yet wait for it in the cluster: task states reach Prefect's database
+asynchronously (events), so a run that completed in a pod that then crashed may still be
+reported COMPLETED. Past this, such a run is failed with the flow run's message."""
 _MESSAGE_PREFIXES = (
     "Flow run encountered an exception: ",
     "Task run encountered an exception ",
@@ -104,7 +117,10 @@ def failure_reason(message: str | None, experiment: str, index: int, fallback: s
 
 
 def flow_run_observations(
-    fr: FlowRun, tasks: dict[int, TaskRun], record: RecordLookup | None = None
+    fr: FlowRun,
+    tasks: dict[int, TaskRun],
+    record: RecordLookup | None = None,
+    now: datetime | None = None,
 ) -> tuple[dict[RunKey, tuple[int, RunObservation]], bool]:
     """Each run of one flow run, and whether these observations are settled for good.
 
@@ -115,9 +131,14 @@ def flow_run_observations(
     * in a wave, a final task state counts; else the durable run record of this attempt
       (local mode; written as the command ends, before Prefect hears of it); else a
       COMPLETED flow run means every run succeeded (the flow raises when one fails); else
-      a crashed or cancelled flow run failed its unfinished runs;
+      a crashed or cancelled flow run failed its unfinished runs (local mode: a failed one
+      too, as it left no record); in the cluster (no records to read: the PVC is the
+      pods') only once :data:`SETTLE_GRACE_SECONDS` after it ended (at ``now``, default
+      the clock), so a pod that crashed after some of its runs completed fails exactly the
+      runs it still held;
     anything still unknown stays active and is read again.
     """
+    now = now or datetime.now(UTC)
     flow_state = _state_type(fr)
     flow_final = flow_state in FINAL_STATES
     experiment = str(fr.parameters.get("experiment"))
@@ -127,7 +148,7 @@ def flow_run_observations(
     for run in fr.parameters.get("runs", []):
         index, attempt = int(run["index"]), int(run["attempt"])
         log = str(run_paths(Path(batch_root), experiment, index)[1]) if batch_root else None
-        obs = _observe_run(fr, tasks.get(index), single, experiment, index, attempt, record)
+        obs = _observe_run(fr, tasks.get(index), single, experiment, index, attempt, record, now)
         if obs.phase is RunPhase.FAILED:
             obs = RunObservation(obs.phase, attempt, obs.reason, log)
         out[(experiment, index)] = (attempt, obs)
@@ -145,6 +166,7 @@ def _observe_run(
     index: int,
     attempt: int,
     record: RecordLookup | None,
+    now: datetime,
 ) -> RunObservation:
     flow_state = _state_type(fr)
     flow_message = fr.state.message if fr.state is not None else None
@@ -180,10 +202,17 @@ def _observe_run(
         return RunObservation(phase, attempt)
     if flow_state is StateType.COMPLETED:
         return RunObservation(RunPhase.SUCCEEDED, attempt)
-    if flow_state in (StateType.CRASHED, StateType.CANCELLED) or record is not None:
-        # The flow run ended under it (crashed, cancelled) or it never wrote its record.
+    if record is not None or _grace_passed(fr, now):
+        # It never wrote its record, or its task run's end never reached Prefect: the flow
+        # run ended (failed, crashed, cancelled) under it.
         return failed(flow_message, f"flow run {fr.name} ended {flow_state} before it finished")
     return RunObservation(RunPhase.RUNNING, attempt)  # not known yet: read again
+
+
+def _grace_passed(fr: FlowRun, now: datetime) -> bool:
+    """Whether :data:`SETTLE_GRACE_SECONDS` have passed since the final flow run ``fr`` ended."""
+    ended = fr.end_time or (fr.state.timestamp if fr.state is not None else None)
+    return ended is None or (now - ended).total_seconds() >= SETTLE_GRACE_SECONDS
 
 
 def _record_of(rec: RunRecord | None, fr: FlowRun, index: int, attempt: int) -> bool:
@@ -513,29 +542,48 @@ class PrefectBatch:
         self._unsettled.add(run_id)
         return run_id
 
-    async def submit_each(self, action: SubmitRuns, parameters: dict[str, Any]) -> list[UUID]:
-        """One flow run per run of the wave (cluster: each run is its own Job/pod).
+    async def submit_each(
+        self,
+        action: SubmitRuns,
+        parameters: dict[str, Any],
+        runs_per_pod: int = 1,
+        in_pod: int = 1,
+    ) -> list[UUID]:
+        """One flow run per group of ``runs_per_pod`` runs of the wave (cluster: each group
+        is its own Job/pod, executing ``in_pod`` of its runs at a time).
+
+        A group of one run is that run's flow run (its state is the run's outcome); a larger
+        group is a wave of its own, observed through its task runs like local mode's.
 
         At most :attr:`submit_concurrency` creates are in flight at once: a 1,000-run wave
         is submitted in seconds on a PostgreSQL-backed server instead of minutes, without
         more connections than the server can serve. Idempotency keys name batch, experiment,
-        run and attempt, so a create retried (by Prefect's client after a 503, or by a
-        restarted operator re-deciding the same wave) never makes a second flow run. Each id
-        is remembered as soon as it is created: runs of a wave that failed half-way are
+        (first) run and attempt, so a create retried (by Prefect's client after a 503, or by
+        a restarted operator re-deciding the same wave) never makes a second flow run. Each
+        id is remembered as soon as it is created: runs of a wave that failed half-way are
         still observed next tick.
         """
         gate = asyncio.Semaphore(max(1, self.submit_concurrency))
 
-        async def create(client: PrefectClient, run: RunAttempt) -> UUID:
+        async def create(client: PrefectClient, runs: tuple[RunAttempt, ...]) -> UUID:
+            first = runs[0]
+            where = f"{self.batch_id}/{action.experiment}/{first.index}/{first.attempt}"
+            if len(runs) == 1:
+                name = f"{action.experiment}-run{first.index}-try{first.attempt}"
+                tags, key, parallel = [names.run_tag(first.index)], where, 1
+            else:
+                last = runs[-1].index
+                name = f"{action.experiment}-runs{first.index}-{last}-try{first.attempt}"
+                tags, key, parallel = [], f"{where}/pod", max(1, min(in_pod, len(runs)))
             async with gate:
                 run_id = await self._create_run(
                     client,
                     action.experiment,
-                    (run,),
-                    {**parameters, "parallelism": 1},
-                    name=f"{action.experiment}-run{run.index}-try{run.attempt}",
-                    tags=[names.run_tag(run.index)],
-                    key=f"{self.batch_id}/{action.experiment}/{run.index}/{run.attempt}",
+                    runs,
+                    {**parameters, "parallelism": parallel},
+                    name=name,
+                    tags=tags,
+                    key=key,
                 )
             self._unsettled.add(run_id)
             return run_id
@@ -544,7 +592,10 @@ class PrefectBatch:
             await self.resolve_deployment()  # once, not raced by every create
             try:
                 async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-                    tasks = [group.create_task(create(client, run)) for run in action.runs]
+                    tasks = [
+                        group.create_task(create(client, packed))
+                        for packed in pack(action.runs, runs_per_pod)
+                    ]
             except ExceptionGroup as failed:
                 raise failed.exceptions[0] from None  # as a sequential loop would: callers catch it
         return [task.result() for task in tasks]
@@ -601,8 +652,9 @@ class PrefectBatch:
             if tr.flow_run_id is not None and index is not None:
                 by_flow.setdefault(tr.flow_run_id, {})[index] = tr
         lookup = ledger_lookup if self.read_records else None
+        now = datetime.now(UTC)
         for fr in live:
-            observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup)
+            observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup, now)
             self._observed[fr.id] = observations
             if settled:
                 self._final[fr.id] = observations
