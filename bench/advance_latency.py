@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.cluster import Operator, Workers, batch_doc, start_kube_api, wait_for  # noqa: E402
+from bench.emulated_cluster import emulated_cluster  # noqa: E402
+from tests.integration.cluster import batch_doc, wait_for  # noqa: E402
 from tests.integration.helpers import probe  # noqa: E402
-from tests.job_runner import JobRunner  # noqa: E402
-
-from sierra_operator.local.server import LocalPrefectServer  # noqa: E402
 
 
 async def latencies(api_url: str, uid: str) -> list[float]:
@@ -56,36 +51,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="reconcile seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
-    # SIGTERM (e.g. `timeout`) must still run the finally below: never orphan a server.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    tmp = Path(tempfile.mkdtemp(prefix="sierra-bench-advance-"))
-    server = LocalPrefectServer(tmp / "prefect")
-    server.start()
-    kube = operator = workers = jobs = None
-    try:
-        server.wait_ready(300)
-        kube = start_kube_api(tmp, ["bench"])
-        jobs = JobRunner(kube.url, tmp / "jobs").start()
-        operator = Operator(
-            kube, server.api_url, tmp / "operator.log", reconcile_seconds=args.interval
-        ).start()
-        workers = Workers(kube, tmp / "workers")
-        doc = batch_doc("adv", tmp / "root", [[probe(0.1)] for _ in range(args.experiments)])
-        uid = kube.create_batch("bench", doc)["metadata"]["uid"]
-        workers.start_from_deployment("bench", "adv-worker")
-        wait_for(lambda: kube.phase("bench", "adv") == "Succeeded", 900, "the batch")
-        lat = asyncio.run(latencies(server.api_url, uid))
-    finally:
-        for part in (workers, operator, jobs):
-            if part is not None:
-                part.stop()
-        if kube is not None:
-            kube.proc.kill()
-        server.stop()
-        if args.keep:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with emulated_cluster("sierra-bench-advance-", ["bench"], args.interval, args.keep) as c:
+        doc = batch_doc("adv", c.tmp / "root", [[probe(0.1)] for _ in range(args.experiments)])
+        uid = c.kube.create_batch("bench", doc)["metadata"]["uid"]
+        c.workers.start_from_deployment("bench", "adv-worker")
+        wait_for(lambda: c.kube.phase("bench", "adv") == "Succeeded", 900, "the batch")
+        lat = asyncio.run(latencies(c.api_url, uid))
     print("| date | experiments | reconcile interval | advance latency median | min | max |")
     print(
         f"| {time.strftime('%Y-%m-%d')} | {args.experiments} | {args.interval} s | "
