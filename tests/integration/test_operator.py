@@ -216,6 +216,33 @@ def test_runs_per_pod_packs_runs_into_fewer_jobs(
             assert (mount / f"packed/exp-outputs/{exp}/run{k}/result.json").exists(), (exp, k)
 
 
+def test_a_killed_packed_pod_fails_exactly_the_runs_it_held(
+    kube, jobs, operator, workers, prefect_api_url, tmp_module
+):
+    """runsPerPod 2: the pod of runs 0 and 1 is SIGKILLed (OOM, lost node) after run 0
+    succeeded, while run 1 executes. Run 0 stays succeeded (never retried); run 1 is
+    retried once the packed Job is gone, in a pod of its own."""
+    mount = tmp_module / "root-packed-crash"
+    doc = batch_doc(
+        "packcrash", mount, [[probe(0.2), probe(30.0)]], parallelism=1, runsPerPod=2, retries=1
+    )
+    uid = kube.create_batch("lab-a", doc)["metadata"]["uid"]
+    workers.start_from_deployment("lab-a", "packcrash-worker")
+    wait_for(
+        lambda: any(e.kind == "start" and e.run == 1 for e in events(mount / "packcrash")),
+        240,
+        "run 1 to start after run 0",
+    )
+    time.sleep(2)  # run 0's Completed reaches Prefect (events) before the pod dies
+    assert jobs.kill_pod("lab-a") is not None
+    wait_for(lambda: kube.phase("lab-a", "packcrash") in ("Succeeded", "Failed"), 300, "the end")
+    obj = kube.batch("lab-a", "packcrash")
+    assert obj["status"]["phase"] == "Succeeded", dump(obj["status"])
+    starts = sorted((e.run, e.attempt) for e in events(mount / "packcrash") if e.kind == "start")
+    assert starts == [(0, 1), (1, 1), (1, 2)], "run 0 once; run 1 retried as attempt 2"
+    assert flow_run_count(prefect_api_url, uid) == 2, "the packed pod, then run 1 alone"
+
+
 def test_invalid_spec_creates_nothing_and_says_why(kube, operator, prefect_api_url, tmp_path):
     """The API server's schema would reject parallelism 0 at admission; the emulator does not
     enforce schemas, which shows the operator's own validation (the second line). The
