@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,7 +56,12 @@ from tests.postgres_env import PrivatePostgres, missing_reason  # noqa: E402
 from sierra_operator.local.server import LocalPrefectServer, ManagedProcess  # noqa: E402
 
 NAMESPACE = "scale"
-EXPERIMENTS = 4
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU (user + system) one process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -88,6 +94,8 @@ class Size:
 
     batches: int
     runs: int
+    experiments: int = 4
+    big_wave: int = 0  # runs of one more batch's single experiment, submitted meanwhile
     rss_base: float = 0.0
     rss_peak: float = 0.0
     rss_end: float = 0.0
@@ -97,6 +105,9 @@ class Size:
     active_runs: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     submit_spans: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # the operator's CPU while batches were active, in cores
+    big_span: float = 0.0  # the big wave: first to last flow run created
+    during_big: list[float] = field(default_factory=list)  # others' latencies meanwhile
 
 
 class Completer:
@@ -135,7 +146,7 @@ class Completer:
                         ),
                     ),
                     sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                    limit=400,
+                    limit=200,
                 )
                 self.pending = len(runs)
                 now = time.time()
@@ -161,9 +172,17 @@ def phases(kube: KubeAPI) -> dict[str, int]:
     return out
 
 
-async def advance_latencies(api_url: str, uids: set[str]) -> tuple[list[float], list[float]]:
-    """Per batch (of ``uids``), per experiment i > 0: created(first run of i) - ended(last
-    run of i-1); and per wave, the seconds from its first to its last flow run created."""
+@dataclass
+class Wave:
+    """One experiment of one batch as Prefect recorded it."""
+
+    first: datetime
+    last: datetime
+    ended: datetime | None  # its last run's end, once all ended
+
+
+async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
+    """Every experiment of the batches ``uids``, from Prefect's timestamps."""
     from prefect.client.orchestration import PrefectClient
 
     async with PrefectClient(api=api_url) as client:
@@ -173,27 +192,48 @@ async def advance_latencies(api_url: str, uids: set[str]) -> tuple[list[float], 
             runs += page
             if len(page) < 200:
                 break
-    waves: dict[tuple[str, int], list[Any]] = {}
+    grouped: dict[tuple[str, int], list[Any]] = {}
     for run in runs:
         batch = next((t for t in run.tags if t.startswith("sierra-batch:")), "")
-        if batch.removeprefix("sierra-batch:") not in uids:
-            continue
-        exp = int(str(run.parameters["experiment"]).split("exp")[1])
-        waves.setdefault((batch, exp), []).append(run)
-    lat, spans = [], []
+        if batch.removeprefix("sierra-batch:") in uids:
+            exp = int(str(run.parameters["experiment"]).split("exp")[1])
+            grouped.setdefault((batch.removeprefix("sierra-batch:"), exp), []).append(run)
+    out = {}
+    for key, wave in grouped.items():
+        ends = [r.end_time for r in wave]
+        ended = max(ends) if all(ends) else None
+        out[key] = Wave(min(r.created for r in wave), max(r.created for r in wave), ended)
+    return out
+
+
+def latencies(
+    waves: dict[tuple[str, int], Wave], within: tuple[datetime, datetime] | None = None
+) -> list[float]:
+    """Per experiment i > 0: created(first run of i) - ended(last run of i-1); only those
+    that started ``within`` a window if given."""
+    out = []
     for (batch, exp), wave in waves.items():
-        created = [r.created for r in wave]
-        spans.append((max(created) - min(created)).total_seconds())
         before = waves.get((batch, exp - 1))
-        if before and all(r.end_time for r in before):
-            lat.append((min(created) - max(r.end_time for r in before)).total_seconds())
-    return lat, spans
+        if before is None or before.ended is None:
+            continue
+        if within is not None and not within[0] <= wave.first <= within[1]:
+            continue
+        out.append((wave.first - before.ended).total_seconds())
+    return out
 
 
 def measure(
-    size: Size, tmp: Path, api_url: str, run_seconds: float, interval: float, env: dict[str, str]
+    size: Size,
+    tmp: Path,
+    api_url: str,
+    run_seconds: float,
+    interval: float,
+    env: dict[str, str],
+    prefix: str,
 ) -> None:
-    """One size: fresh emulator, proxy and operator; all batches from creation to done."""
+    """One size: fresh emulator, proxy and operator; all batches from creation to done.
+    Batch names start with ``prefix``: the Prefect server (and so its pool names, which
+    come from namespace and batch name) is shared by all sizes."""
     kube = start_kube_api(tmp, [NAMESPACE])
     proxy = ManagedProcess(
         "proxy",
@@ -215,14 +255,19 @@ def measure(
         pid = operator.process.proc.pid
         time.sleep(15)  # started, watching, nothing to do: the baseline
         size.rss_base = rss_mb(pid)
-        per_exp = size.runs // EXPERIMENTS
+        per_exp = size.runs // size.experiments
         t0 = time.monotonic()
-        uids = set()
+        uids, big = set(), ""
+        if size.big_wave:
+            doc = batch_doc(
+                f"{prefix}big", tmp / "root", [["true"] * size.big_wave], parallelism=1000
+            )
+            big = kube.create_batch(NAMESPACE, doc)["metadata"]["uid"]
         for i in range(size.batches):
             doc = batch_doc(
-                f"b{i:03d}",
+                f"{prefix}b{i:03d}",
                 tmp / "root",
-                [["true"] * per_exp for _ in range(EXPERIMENTS)],
+                [["true"] * per_exp for _ in range(size.experiments)],
                 parallelism=per_exp,
             )
             uids.add(kube.create_batch(NAMESPACE, doc)["metadata"]["uid"])
@@ -230,6 +275,7 @@ def measure(
         loop = asyncio.new_event_loop()
         task = loop.create_task(completer.run())
         start = snapshot(tmp, proxy_url)
+        cpu0 = cpu_seconds(pid)
         while True:
             loop.run_until_complete(asyncio.sleep(2.0))
             if task.done():
@@ -237,12 +283,13 @@ def measure(
             size.rss_peak = max(size.rss_peak, rss_mb(pid))
             size.active_runs.append(completer.pending)
             seen = phases(kube)
-            if seen.get("Succeeded", 0) == size.batches:
+            if seen.get("Succeeded", 0) == size.batches + bool(big):
                 break
             if time.monotonic() - t0 > 3600:
                 raise AssertionError(f"not done after an hour: {seen}")
         size.wall = time.monotonic() - t0
         size.active = (start, snapshot(tmp, proxy_url))
+        size.cpu = (cpu_seconds(pid) - cpu0) / (size.active[1].at - start.at)
         completer.stop = True
         loop.run_until_complete(task)
         time.sleep(5)  # the last status writes land
@@ -250,7 +297,14 @@ def measure(
         time.sleep(30)
         size.idle = (quiet, snapshot(tmp, proxy_url))
         size.rss_end = rss_mb(pid)
-        size.latencies, size.submit_spans = asyncio.run(advance_latencies(api_url, uids))
+        waves = asyncio.run(waves_of(api_url, uids | {big}))
+        size.latencies = latencies({k: w for k, w in waves.items() if k[0] != big})
+        size.submit_spans = [(w.last - w.first).total_seconds() for w in waves.values()]
+        if big:
+            wave = waves[(big, 0)]
+            size.big_span = (wave.last - wave.first).total_seconds()
+            others = {k: w for k, w in waves.items() if k[0] != big}
+            size.during_big = latencies(others, (wave.first, wave.last))
         loop.close()
     finally:
         if operator is not None:
@@ -278,16 +332,24 @@ def row(size: Size, interval: float) -> str:
     p90 = lat[int(0.9 * (len(lat) - 1))] if lat else float("nan")
     per_batch = (size.rss_peak - size.rss_base) / size.batches
     load = os.getloadavg()
+    big = ""
+    if size.big_wave:
+        during = statistics.median(size.during_big) if size.during_big else float("nan")
+        big = (
+            f" {size.big_wave}-run wave submitted in {size.big_span:.1f} s; meanwhile "
+            f"{len(size.during_big)} advances of other batches, median {during:.2f} s |"
+        )
     return (
         f"| {datetime.now():%Y-%m-%d %H:%M} | {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} | "
         f"{size.batches} x {size.runs} | {size.wall:.0f} s | "
-        f"{size.rss_base:.0f} -> {size.rss_peak:.0f} MB ({per_batch:.2f} MB/batch) | "
+        f"{size.rss_base:.0f} -> {size.rss_peak:.0f} MB ({per_batch:.2f} MB/batch), "
+        f"{size.cpu:.2f} cores | "
         f"{len(kube) / secs:.1f}/s, {len(kube) / ticks:.1f}/tick ({patches / ticks:.1f} status "
         f"patches, {events / ticks:.1f} Events) | {idle_kube} in {idle_secs:.0f} s | "
         f"{prefect / secs:.1f}/s, {prefect / ticks:.1f}/tick | {read / ticks:.0f} read/tick "
         f"vs {active:.0f} active | {idle_prefect} in {idle_secs:.0f} s | "
         f"{statistics.median(lat):.2f} s (p90 {p90:.2f}, max {max(lat):.2f}) | "
-        f"{max(size.submit_spans):.1f} s |"
+        f"{max(size.submit_spans):.1f} s |{big}"
     )
 
 
@@ -298,21 +360,30 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="reconcile seconds")
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--submit-concurrency", type=int, default=None)
+    parser.add_argument("--experiments", type=int, default=4, help="experiments per batch")
+    parser.add_argument("--big-wave", type=int, default=0, help="one more batch, 1 x N runs")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--workdir", type=Path, help="instead of a new temp dir (logs, data)")
     args = parser.parse_args()
-    sizes = [Size(*map(int, s.split("x"))) for s in args.sizes.split(",")]
+    sizes = [
+        Size(*map(int, s.split("x")), args.experiments, args.big_wave)
+        for s in args.sizes.split(",")
+    ]
     env = {"SIERRA_OPERATOR_LOG_LEVEL": "WARNING"}
     if args.submit_concurrency:
         env["SIERRA_OPERATOR_SUBMIT_CONCURRENCY"] = str(args.submit_concurrency)
     # SIGTERM (e.g. `timeout`) must still run the finally below: never orphan a server.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    tmp = Path(tempfile.mkdtemp(prefix="sierra-bench-scale-"))
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="sierra-bench-scale-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    tmp.chmod(0o755)  # PostgreSQL's own user must reach its cluster below
     postgres = None
     if args.database == "postgresql":
         reason = missing_reason()
         if reason:
             raise SystemExit(f"--database postgresql: {reason}")
-        postgres = PrivatePostgres().start()
+        (tmp / "postgresql").mkdir()
+        postgres = PrivatePostgres(root=tmp / "postgresql").start()
     server = LocalPrefectServer(tmp / "prefect", database_url=postgres and postgres.url)
     server.start()
     rows = []
@@ -321,10 +392,16 @@ def main() -> None:
         for i, size in enumerate(sizes):
             here = tmp / f"size{i}"
             here.mkdir()
-            measure(size, here, server.api_url, args.run_seconds, args.interval, env)
+            measure(size, here, server.api_url, args.run_seconds, args.interval, env, f"s{i}-")
             rows.append(row(size, args.interval))
             print(rows[-1], flush=True)
-            print(json.dumps(size.active[1].prefect if size.active else {}), flush=True)
+            if size.active:  # what the requests were, for the reader of the row
+                a0, a1 = size.active
+                kinds = Counter(f"{e['verb']} {e['resource']}" for e in a1.kube_since(a0))
+                prefect = Counter(a1.prefect)
+                prefect.subtract(a0.prefect)
+                print("Kubernetes:", json.dumps(dict(kinds.most_common())), flush=True)
+                print("Prefect:", json.dumps(dict(prefect.most_common())), flush=True)
     finally:
         server.stop()
         if postgres is not None:
@@ -334,7 +411,7 @@ def main() -> None:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     print(
-        "| date | load (1/5/15 min) | batches x runs | wall | operator RSS (no batch -> peak) "
+        "| date | load (1/5/15 min) | batches x runs | wall | operator RSS (no batch -> peak), CPU "
         "| Kubernetes, active | Kubernetes, all finished | Prefect, active | flow runs read "
         "| Prefect, all finished | advance latency median | slowest wave submitted in |"
     )
