@@ -129,6 +129,38 @@ def researcher_calls(tmp: Path) -> set[tuple[str, str]]:
     return {(e["verb"], e["resource"]) for e in audit(tmp) if e["user"] == "researcher"}
 
 
+def test_all_of_sierra_root_leaves_the_tools_own_files_out(env: dict[str, Path]) -> None:
+    """``push .``, ``fetch .``, ``push .`` (first, while both sides are empty): the end marker
+    never lands in the PVC's root, a push being unpacked on the PVC is not fetched, a local
+    fetch's staging directory is not pushed, and a file name with a line break counts as
+    one file."""
+    local, pvc = env["local"], env["pvc"]
+    (local / "whole/d").mkdir(parents=True)
+    (local / "whole/d/f.txt").write_text("f")
+    (local / "whole/line\nbreak.txt").write_text("two lines in its name")
+    (local / ".sierraop-fetch-stale/x").mkdir(parents=True)
+    (pvc / ".sierraop-staging/other-pod/whole").mkdir(parents=True)
+    (pvc / ".sierraop-staging/other-pod/whole/partial.txt").write_text("half")
+    try:
+        done = cli(env, "push", "forage", ".")
+        assert done.returncode == 0, done
+        assert "pushed 2 files" in done.stdout
+        assert sorted(p.name for p in pvc.iterdir()) == [".sierraop-staging", "whole"]
+        shutil.rmtree(local / "whole")
+        done = cli(env, "fetch", "forage", ".")
+        assert done.returncode == 0, done
+        assert (local / "whole/line\nbreak.txt").exists()
+        assert not (local / "whole/partial.txt").exists()
+        assert sorted(p.name for p in local.iterdir()) == [".sierraop-fetch-stale", "whole"]
+        done = cli(env, "push", "forage", ".")
+        assert done.returncode == 0, done
+        assert "pushed 2 files" in done.stdout
+    finally:
+        for path in (local / "whole", local / ".sierraop-fetch-stale", pvc / "whole"):
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(pvc / ".sierraop-staging/other-pod", ignore_errors=True)
+
+
 def test_round_trip_is_byte_identical(kube: KubeAPI, env: dict[str, Path]) -> None:
     batch = env["local"] / "proj/batch"
     make_tree(batch)
@@ -208,8 +240,8 @@ def test_fetch_cut_mid_stream_fails_and_puts_nothing_in_place(
 
 def test_tar_failing_in_the_pod_is_an_error(env: dict[str, Path]) -> None:
     done = cli(env, "fetch", "forage", "no/such/dir")
-    assert done.returncode == 1, done
-    assert "does not exist on the PVC" in done.stderr
+    assert done.returncode == 2, done  # as the help says: no such path
+    assert "no/such/dir does not exist: nothing to fetch" in done.stderr
     assert not (env["local"] / "no").exists()
     # A push whose final step fails: a file on the PVC where a directory must go.
     (env["local"] / "clash/d").mkdir(parents=True)
@@ -219,6 +251,62 @@ def test_tar_failing_in_the_pod_is_an_error(env: dict[str, Path]) -> None:
     done = cli(env, "push", "forage", "clash")
     assert done.returncode == 1, done
     assert "pushing to PVC shared-root" in done.stderr and "exited 1" in done.stderr
+
+
+def test_remote_tar_failing_early_reports_its_exit_code(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    """The pod's script fails before reading stdin (the staging dir cannot be made): the API
+    server sends the exit status and closes while this side still sends the archive. The
+    failed send must not hide the status: exit 1 with the script's stderr, not exit 3."""
+    src = env["local"] / "early"
+    make_tree(src, files=20, big=16 * 1024 * 1024)
+    (env["pvc"] / ".sierraop-staging").mkdir(exist_ok=True)
+    shutil.move(env["pvc"] / ".sierraop-staging", env["tmp"] / "staging-aside")
+    (env["pvc"] / ".sierraop-staging").write_text("a file where the staging dir goes")
+    try:
+        done = cli(env, "push", "forage", "early")
+    finally:
+        (env["pvc"] / ".sierraop-staging").unlink()
+        shutil.move(env["tmp"] / "staging-aside", env["pvc"] / ".sierraop-staging")
+        shutil.rmtree(src)
+    assert done.returncode == 1, done
+    assert "exited 1" in done.stderr and "mkdir" in done.stderr, done.stderr
+    assert not (env["pvc"] / "early").exists()
+    assert transfer_pods(kube) == []
+
+
+def test_local_file_errors_are_not_cluster_errors(kube: KubeAPI, env: dict[str, Path]) -> None:
+    """A local sierra-root that cannot be made, and a file that reads shorter than its size
+    (a sysfs file bind-mounted in: 4096 bytes by stat, a few by read), are this machine's
+    errors: exit 1 naming the path, no traceback, no pod left."""
+    blocker = env["tmp"] / "a-file"
+    blocker.write_text("x")
+    done = cli(env, "fetch", "forage", "proj", "--sierra-root", str(blocker / "root"))
+    assert done.returncode == 1, done
+    assert f"cannot fetch into {blocker / 'root'}" in done.stderr, done.stderr
+
+    src = env["local"] / "shrinking"
+    src.mkdir()
+    (src / "f").touch()
+    argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"']
+    argv += ["sh", "/sys/kernel/profiling", str(src / "f"), sys.executable, "-m"]
+    argv += ["sierra_operator.cli", "push", "forage", "shrinking", "-n", "research"]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=REPO,
+            env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"]), COLUMNS="300"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        shutil.rmtree(src)
+    assert done.returncode == 1, done
+    assert "archiving under" in done.stderr and "unexpected end of data" in done.stderr, done
+    assert not (env["pvc"] / "shrinking").exists()
+    assert transfer_pods(kube) == []
 
 
 def test_missing_batch_pvc_and_path_are_named(kube: KubeAPI, env: dict[str, Path]) -> None:
