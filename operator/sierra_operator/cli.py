@@ -231,10 +231,12 @@ def _cluster_command(err: Console, work: Any) -> int:
     """Run a researcher's cluster command; its errors are one message and an exit code."""
     import asyncio
 
+    from sierra_operator.researcher.interrupts import sigterm_as_ctrl_c
     from sierra_operator.researcher.kubeconfig import ClusterError
 
     try:
-        return int(asyncio.run(work()))
+        with sigterm_as_ctrl_c():  # SIGTERM too deletes the transfer pod on the way out
+            return int(asyncio.run(work()))
     except ClusterError as exc:
         err.print("[bold red]error:[/] ", end="")
         _plain(err, str(exc))

@@ -373,14 +373,16 @@ def test_logs_of_a_local_batch(env: dict[str, Path]) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "")
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
-    kube: KubeAPI, env: dict[str, Path]
+    kube: KubeAPI, env: dict[str, Path], stop: signal.Signals
 ) -> None:
-    remote = env["pvc"] / "slow"
+    slow = f"slow-{stop.name}"
+    remote = env["pvc"] / slow
     make_tree(remote, files=20, big=4 * 1024 * 1024)
     cut_next_exec(env, stdout_delay_ms=200)  # ~30 s for the whole archive
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sierra_operator.cli", "fetch", "forage", "slow", "-n", "research"],
+        [sys.executable, "-m", "sierra_operator.cli", "fetch", "forage", slow, "-n", "research"],
         cwd=REPO,
         env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"])),
         stdout=subprocess.PIPE,
@@ -389,12 +391,12 @@ def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
     )
     try:
         wait_for(
-            lambda: list(env["local"].glob(".sierraop-fetch-*/slow/**/*.json")),
+            lambda: list(env["local"].glob(f".sierraop-fetch-*/{slow}/**/*.json")),
             60,
             "the fetch to be under way",
         )
         assert transfer_pods(kube), "the transfer pod exists while it runs"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -402,5 +404,5 @@ def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err
     assert transfer_pods(kube) == []
-    assert not (env["local"] / "slow").exists()
+    assert not (env["local"] / slow).exists()
     assert not list(env["local"].glob(".sierraop-fetch-*"))

@@ -72,7 +72,7 @@ def test_target_uses_the_claim_mount_and_pinned_image() -> None:
         "/data/root",
         "reg/sim@sha256:abc",
     )
-    pod = render_pod(target)
+    pod = render_pod(target, "b-transfer-x")
     container = pod["spec"]["containers"][0]
     assert container["volumeMounts"] == [{"name": "sierra-root", "mountPath": "/data/root"}]
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "forage-sierra-root"}

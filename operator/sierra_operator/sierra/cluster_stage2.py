@@ -38,6 +38,7 @@ from sierra_operator.researcher.batch_status import (
     progress_line,
     read_with,
 )
+from sierra_operator.researcher.interrupts import sigterm_as_ctrl_c
 from sierra_operator.researcher.kubeconfig import (
     EXIT_NOT_FOUND,
     ClusterError,
@@ -269,7 +270,8 @@ def run_cluster_stage2(
     fail stage 2 with their exit code; Ctrl-C stops following (the transfer pod is deleted)
     while the batch goes on in the cluster, and says how to re-attach or stop it."""
     try:
-        asyncio.run(run_cluster_stage2_async(sierra_root, batch_root, cmdfile, opts))
+        with sigterm_as_ctrl_c():  # SIGTERM too deletes the transfer pod on the way out
+            asyncio.run(run_cluster_stage2_async(sierra_root, batch_root, cmdfile, opts))
     except ClusterError as exc:
         raise Stage2Failed(f"stage 2 failed: {exc}", exc.exit_code) from None
     except KeyboardInterrupt:
