@@ -268,13 +268,21 @@ def _logs(args: argparse.Namespace, err: Console) -> int:
     from sierra_operator.researcher import run_logs, transfer
 
     async def work() -> int:
+        try:
+            await read()
+        except run_logs.OutputClosed:  # `logs ... | head`: done, quietly
+            # Python flushes stdout at exit: it would fail again, so it points nowhere now.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+    async def read() -> None:
         if args.local:
             from sierra_operator.inputs.loader import load, resolve_sierra_root
 
             sierra_root = resolve_sierra_root(args.sierra_root or Path("sierra-root"))
             loaded = load(Path(args.batch), sierra_root)
             run_logs.print_local(loaded.batch_root, args.experiment, args.run)
-            return 0
+            return
         found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
         path = run_logs.batch_path(found.obj, found.target.mount_path)
         await run_logs.print_remote(
@@ -287,7 +295,6 @@ def _logs(args: argparse.Namespace, err: Console) -> int:
             sys.stderr.buffer,
             args.pod_timeout,
         )
-        return 0
 
     return _cluster_command(err, work)
 

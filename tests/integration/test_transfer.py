@@ -357,6 +357,27 @@ def test_logs_stream_a_runs_stdout_and_stderr_from_the_pvc(
     assert transfer_pods(kube) == []
 
 
+def test_logs_into_a_reader_that_stops_ends_quietly(kube: KubeAPI, env: dict[str, Path]) -> None:
+    """`logs ... | head`: the closed pipe ends the command with exit 0 and no error (it is
+    not "cannot reach the Kubernetes API server"), and the pod is deleted."""
+    state = env["pvc"] / "proj/batch/scratch/sierra-operator/c1-exp3"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "run0.stdout").write_text("".join(f"line {i}\n" for i in range(400000)))
+    (state / "run0.stderr").write_text("")
+    command = f"{sys.executable} -m sierra_operator.cli logs forage c1-exp3 0 -n research"
+    done = subprocess.run(
+        ["bash", "-c", f'{command} | head -c 20 >/dev/null; exit "${{PIPESTATUS[0]}}"'],
+        cwd=REPO,
+        env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"]), COLUMNS="300"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done
+    assert done.stderr == "", done.stderr
+    assert transfer_pods(kube) == []
+
+
 def test_logs_of_a_local_batch(env: dict[str, Path]) -> None:
     batch_file = env["tmp"] / "local-batch.yaml"
     batch_file.write_text(
