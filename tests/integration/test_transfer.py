@@ -427,3 +427,36 @@ def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
     assert transfer_pods(kube) == []
     assert not (env["local"] / slow).exists()
     assert not list(env["local"].glob(".sierraop-fetch-*"))
+
+
+def test_a_batch_created_meanwhile_by_another_stage2_is_followed_not_an_error(
+    env: dict[str, Path],
+) -> None:
+    """Two stage 2 runs racing: the second create gets 409 AlreadyExists and goes the way
+    of a batch that existed before (followed, after the same-batch check)."""
+    import asyncio
+
+    from kubernetes_asyncio import client, config
+
+    from sierra_operator.researcher.kubeconfig import Connection
+    from sierra_operator.sierra.cluster_stage2 import (
+        ClusterOptions,
+        _create,
+        check_existing,
+        cluster_document,
+    )
+    from sierra_operator.sierra.execenv import Stage2Failed, Stage2Options
+
+    opts = ClusterOptions(Stage2Options(parallelism=1), image="r/s:t", namespace="research")
+    doc = cluster_document("raced", "p/commands.txt", env["local"], opts)
+
+    async def race() -> tuple[bool, bool]:
+        cfg = client.Configuration()  # KUBECONFIG is read once, at import: named here
+        await config.load_kube_config(str(env["kubeconfig"]), client_configuration=cfg)
+        conn = Connection(cfg, "research")
+        return await _create(conn, doc), await _create(conn, doc)
+
+    assert asyncio.run(race()) == (True, False)
+    other = cluster_document("raced", "q/commands.txt", env["local"], opts)
+    with pytest.raises(Stage2Failed, match="exists for another batch"):
+        check_existing({"metadata": {"name": "raced"}, "spec": doc["spec"]}, other, "r", False)
