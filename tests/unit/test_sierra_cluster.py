@@ -5,6 +5,8 @@ runs the whole thing with the real SIERRA)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,24 @@ def test_following_gives_up_after_the_retry_window_saying_the_batch_runs_on(
     with pytest.raises(ClusterError, match="forbidden"):
         _follow(monkeypatch, reads, retry=60)
     assert reads.calls == 1  # not transient: no retry
+
+
+@pytest.mark.parametrize("execenv", ["sierraop.local", "sierraop.cluster"])
+def test_a_sierra_without_sierra_operator_says_what_to_install(execenv: str) -> None:
+    """Loaded as SIERRA loads it (plugin directory on sys.path, the file by its path) in a
+    Python where sierra_operator cannot be imported: selecting the plugin logs one line and
+    exits 2, both plugins alike."""
+    plugin = plugin_path() / execenv.replace(".", "/") / "plugin.py"
+    script = f"""
+import importlib.util, logging, sys
+sys.modules["sierra_operator"] = None  # what a Python without it does on import
+sys.path.insert(0, {str(plugin_path())!r})
+logging.basicConfig(format="%(levelname)s %(message)s")
+spec = importlib.util.spec_from_file_location("plugin", {str(plugin)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module.execenv_check(None)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done
+    assert f"ERROR --execenv={execenv} needs sierra-operator in the Python" in done.stderr
