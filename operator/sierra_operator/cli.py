@@ -234,10 +234,12 @@ def _cluster_command(err: Console, work: Any) -> int:
     """Run a researcher's cluster command; its errors are one message and an exit code."""
     import asyncio
 
+    from sierra_operator.researcher.interrupts import sigterm_as_ctrl_c
     from sierra_operator.researcher.kubeconfig import ClusterError
 
     try:
-        return int(asyncio.run(work()))
+        with sigterm_as_ctrl_c():  # SIGTERM too deletes the transfer pod on the way out
+            return int(asyncio.run(work()))
     except ClusterError as exc:
         err.print("[bold red]error:[/] ", end="")
         _plain(err, str(exc))
@@ -269,13 +271,21 @@ def _logs(args: argparse.Namespace, err: Console) -> int:
     from sierra_operator.researcher import run_logs, transfer
 
     async def work() -> int:
+        try:
+            await read()
+        except run_logs.OutputClosed:  # `logs ... | head`: done, quietly
+            # Python flushes stdout at exit: it would fail again, so it points nowhere now.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+    async def read() -> None:
         if args.local:
             from sierra_operator.inputs.loader import load, resolve_sierra_root
 
             sierra_root = resolve_sierra_root(args.sierra_root or Path("sierra-root"))
             loaded = load(Path(args.batch), sierra_root)
             run_logs.print_local(loaded.batch_root, args.experiment, args.run)
-            return 0
+            return
         found = await transfer.locate(args.batch, args.namespace, args.context, args.image)
         path = run_logs.batch_path(found.obj, found.target.mount_path)
         await run_logs.print_remote(
@@ -288,7 +298,6 @@ def _logs(args: argparse.Namespace, err: Console) -> int:
             sys.stderr.buffer,
             args.pod_timeout,
         )
-        return 0
 
     return _cluster_command(err, work)
 

@@ -129,6 +129,38 @@ def researcher_calls(tmp: Path) -> set[tuple[str, str]]:
     return {(e["verb"], e["resource"]) for e in audit(tmp) if e["user"] == "researcher"}
 
 
+def test_all_of_sierra_root_leaves_the_tools_own_files_out(env: dict[str, Path]) -> None:
+    """``push .``, ``fetch .``, ``push .`` (first, while both sides are empty): the end marker
+    never lands in the PVC's root, a push being unpacked on the PVC is not fetched, a local
+    fetch's staging directory is not pushed, and a file name with a line break counts as
+    one file."""
+    local, pvc = env["local"], env["pvc"]
+    (local / "whole/d").mkdir(parents=True)
+    (local / "whole/d/f.txt").write_text("f")
+    (local / "whole/line\nbreak.txt").write_text("two lines in its name")
+    (local / ".sierraop-fetch-stale/x").mkdir(parents=True)
+    (pvc / ".sierraop-staging/other-pod/whole").mkdir(parents=True)
+    (pvc / ".sierraop-staging/other-pod/whole/partial.txt").write_text("half")
+    try:
+        done = cli(env, "push", "forage", ".")
+        assert done.returncode == 0, done
+        assert "pushed 2 files" in done.stdout
+        assert sorted(p.name for p in pvc.iterdir()) == [".sierraop-staging", "whole"]
+        shutil.rmtree(local / "whole")
+        done = cli(env, "fetch", "forage", ".")
+        assert done.returncode == 0, done
+        assert (local / "whole/line\nbreak.txt").exists()
+        assert not (local / "whole/partial.txt").exists()
+        assert sorted(p.name for p in local.iterdir()) == [".sierraop-fetch-stale", "whole"]
+        done = cli(env, "push", "forage", ".")
+        assert done.returncode == 0, done
+        assert "pushed 2 files" in done.stdout
+    finally:
+        for path in (local / "whole", local / ".sierraop-fetch-stale", pvc / "whole"):
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(pvc / ".sierraop-staging/other-pod", ignore_errors=True)
+
+
 def test_round_trip_is_byte_identical(kube: KubeAPI, env: dict[str, Path]) -> None:
     batch = env["local"] / "proj/batch"
     make_tree(batch)
@@ -208,8 +240,8 @@ def test_fetch_cut_mid_stream_fails_and_puts_nothing_in_place(
 
 def test_tar_failing_in_the_pod_is_an_error(env: dict[str, Path]) -> None:
     done = cli(env, "fetch", "forage", "no/such/dir")
-    assert done.returncode == 1, done
-    assert "does not exist on the PVC" in done.stderr
+    assert done.returncode == 2, done  # as the help says: no such path
+    assert "no/such/dir does not exist: nothing to fetch" in done.stderr
     assert not (env["local"] / "no").exists()
     # A push whose final step fails: a file on the PVC where a directory must go.
     (env["local"] / "clash/d").mkdir(parents=True)
@@ -219,6 +251,62 @@ def test_tar_failing_in_the_pod_is_an_error(env: dict[str, Path]) -> None:
     done = cli(env, "push", "forage", "clash")
     assert done.returncode == 1, done
     assert "pushing to PVC shared-root" in done.stderr and "exited 1" in done.stderr
+
+
+def test_remote_tar_failing_early_reports_its_exit_code(
+    kube: KubeAPI, env: dict[str, Path]
+) -> None:
+    """The pod's script fails before reading stdin (the staging dir cannot be made): the API
+    server sends the exit status and closes while this side still sends the archive. The
+    failed send must not hide the status: exit 1 with the script's stderr, not exit 3."""
+    src = env["local"] / "early"
+    make_tree(src, files=20, big=16 * 1024 * 1024)
+    (env["pvc"] / ".sierraop-staging").mkdir(exist_ok=True)
+    shutil.move(env["pvc"] / ".sierraop-staging", env["tmp"] / "staging-aside")
+    (env["pvc"] / ".sierraop-staging").write_text("a file where the staging dir goes")
+    try:
+        done = cli(env, "push", "forage", "early")
+    finally:
+        (env["pvc"] / ".sierraop-staging").unlink()
+        shutil.move(env["tmp"] / "staging-aside", env["pvc"] / ".sierraop-staging")
+        shutil.rmtree(src)
+    assert done.returncode == 1, done
+    assert "exited 1" in done.stderr and "mkdir" in done.stderr, done.stderr
+    assert not (env["pvc"] / "early").exists()
+    assert transfer_pods(kube) == []
+
+
+def test_local_file_errors_are_not_cluster_errors(kube: KubeAPI, env: dict[str, Path]) -> None:
+    """A local sierra-root that cannot be made, and a file that reads shorter than its size
+    (a sysfs file bind-mounted in: 4096 bytes by stat, a few by read), are this machine's
+    errors: exit 1 naming the path, no traceback, no pod left."""
+    blocker = env["tmp"] / "a-file"
+    blocker.write_text("x")
+    done = cli(env, "fetch", "forage", "proj", "--sierra-root", str(blocker / "root"))
+    assert done.returncode == 1, done
+    assert f"cannot fetch into {blocker / 'root'}" in done.stderr, done.stderr
+
+    src = env["local"] / "shrinking"
+    src.mkdir()
+    (src / "f").touch()
+    argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"']
+    argv += ["sh", "/sys/kernel/profiling", str(src / "f"), sys.executable, "-m"]
+    argv += ["sierra_operator.cli", "push", "forage", "shrinking", "-n", "research"]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=REPO,
+            env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"]), COLUMNS="300"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        shutil.rmtree(src)
+    assert done.returncode == 1, done
+    assert "archiving under" in done.stderr and "unexpected end of data" in done.stderr, done
+    assert not (env["pvc"] / "shrinking").exists()
+    assert transfer_pods(kube) == []
 
 
 def test_missing_batch_pvc_and_path_are_named(kube: KubeAPI, env: dict[str, Path]) -> None:
@@ -269,6 +357,27 @@ def test_logs_stream_a_runs_stdout_and_stderr_from_the_pvc(
     assert transfer_pods(kube) == []
 
 
+def test_logs_into_a_reader_that_stops_ends_quietly(kube: KubeAPI, env: dict[str, Path]) -> None:
+    """`logs ... | head`: the closed pipe ends the command with exit 0 and no error (it is
+    not "cannot reach the Kubernetes API server"), and the pod is deleted."""
+    state = env["pvc"] / "proj/batch/scratch/sierra-operator/c1-exp3"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "run0.stdout").write_text("".join(f"line {i}\n" for i in range(400000)))
+    (state / "run0.stderr").write_text("")
+    command = f"{sys.executable} -m sierra_operator.cli logs forage c1-exp3 0 -n research"
+    done = subprocess.run(
+        ["bash", "-c", f'{command} | head -c 20 >/dev/null; exit "${{PIPESTATUS[0]}}"'],
+        cwd=REPO,
+        env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"]), COLUMNS="300"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done
+    assert done.stderr == "", done.stderr
+    assert transfer_pods(kube) == []
+
+
 def test_logs_of_a_local_batch(env: dict[str, Path]) -> None:
     batch_file = env["tmp"] / "local-batch.yaml"
     batch_file.write_text(
@@ -285,14 +394,16 @@ def test_logs_of_a_local_batch(env: dict[str, Path]) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "")
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
-    kube: KubeAPI, env: dict[str, Path]
+    kube: KubeAPI, env: dict[str, Path], stop: signal.Signals
 ) -> None:
-    remote = env["pvc"] / "slow"
+    slow = f"slow-{stop.name}"
+    remote = env["pvc"] / slow
     make_tree(remote, files=20, big=4 * 1024 * 1024)
     cut_next_exec(env, stdout_delay_ms=200)  # ~30 s for the whole archive
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sierra_operator.cli", "fetch", "forage", "slow", "-n", "research"],
+        [sys.executable, "-m", "sierra_operator.cli", "fetch", "forage", slow, "-n", "research"],
         cwd=REPO,
         env=dict(os.environ, KUBECONFIG=str(env["kubeconfig"])),
         stdout=subprocess.PIPE,
@@ -301,12 +412,12 @@ def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
     )
     try:
         wait_for(
-            lambda: list(env["local"].glob(".sierraop-fetch-*/slow/**/*.json")),
+            lambda: list(env["local"].glob(f".sierraop-fetch-*/{slow}/**/*.json")),
             60,
             "the fetch to be under way",
         )
         assert transfer_pods(kube), "the transfer pod exists while it runs"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -314,5 +425,38 @@ def test_ctrl_c_mid_fetch_deletes_the_pod_and_changes_nothing(
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err
     assert transfer_pods(kube) == []
-    assert not (env["local"] / "slow").exists()
+    assert not (env["local"] / slow).exists()
     assert not list(env["local"].glob(".sierraop-fetch-*"))
+
+
+def test_a_batch_created_meanwhile_by_another_stage2_is_followed_not_an_error(
+    env: dict[str, Path],
+) -> None:
+    """Two stage 2 runs racing: the second create gets 409 AlreadyExists and goes the way
+    of a batch that existed before (followed, after the same-batch check)."""
+    import asyncio
+
+    from kubernetes_asyncio import client, config
+
+    from sierra_operator.researcher.kubeconfig import Connection
+    from sierra_operator.sierra.cluster_stage2 import (
+        ClusterOptions,
+        _create,
+        check_existing,
+        cluster_document,
+    )
+    from sierra_operator.sierra.execenv import Stage2Failed, Stage2Options
+
+    opts = ClusterOptions(Stage2Options(parallelism=1), image="r/s:t", namespace="research")
+    doc = cluster_document("raced", "p/commands.txt", env["local"], opts)
+
+    async def race() -> tuple[bool, bool]:
+        cfg = client.Configuration()  # KUBECONFIG is read once, at import: named here
+        await config.load_kube_config(str(env["kubeconfig"]), client_configuration=cfg)
+        conn = Connection(cfg, "research")
+        return await _create(conn, doc), await _create(conn, doc)
+
+    assert asyncio.run(race()) == (True, False)
+    other = cluster_document("raced", "q/commands.txt", env["local"], opts)
+    with pytest.raises(Stage2Failed, match="exists for another batch"):
+        check_existing({"metadata": {"name": "raced"}, "spec": doc["spec"]}, other, "r", False)

@@ -4,11 +4,17 @@ runs the whole thing with the real SIERRA)."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sierra_operator.core.model import parse_batch
+from sierra_operator.researcher.kubeconfig import ClusterError, Connection
+from sierra_operator.sierra import cluster_stage2
 from sierra_operator.sierra.cluster_stage2 import (
     ClusterOptions,
     cluster_document,
@@ -107,3 +113,67 @@ def test_a_batch_of_the_same_name_for_another_sierra_batch_is_not_followed() -> 
     assert other_batch({"spec": moved}, doc) is not None
     defaulted = {**doc["spec"], "sierraRoot": {**doc["spec"]["sierraRoot"], "size": "10Gi"}}
     assert other_batch({"spec": defaulted}, doc) is None, "CRD defaults are no difference"
+
+
+class FlakyReads:
+    """``read_with`` replaced (the emulated API server cannot fail a read on demand): the
+    first ``failures`` reads raise ``error``, then the batch reads as Succeeded."""
+
+    def __init__(self, failures: int, error: ClusterError) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+
+    async def __call__(self, conn: Connection, name: str) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return {"status": {"phase": "Succeeded", "runs": {"total": 1, "succeeded": 1}}}
+
+
+def _follow(monkeypatch: pytest.MonkeyPatch, reads: FlakyReads, retry: float) -> list[str]:
+    monkeypatch.setattr(cluster_stage2, "read_with", reads)
+    monkeypatch.setattr(cluster_stage2, "_first_retry_delay", 0.01)
+    opts = ClusterOptions(Stage2Options(parallelism=1), image="r/s:t", read_retry_seconds=retry)
+    notes: list[str] = []
+    asyncio.run(cluster_stage2.follow(Connection(None, "lab"), "b", opts, notes.append))
+    return notes
+
+
+def test_following_rides_out_transient_read_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    blip = ClusterError("the Kubernetes API server answered 503", 3, transient=True)
+    notes = _follow(monkeypatch, FlakyReads(3, blip), retry=60)
+    assert "retrying" in notes[0] and "Succeeded" in notes[-1]
+
+
+def test_following_gives_up_after_the_retry_window_saying_the_batch_runs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blip = ClusterError("cannot reach the Kubernetes API server", 3, transient=True)
+    with pytest.raises(ClusterError, match="the batch keeps running in the cluster") as raised:
+        _follow(monkeypatch, FlakyReads(10**6, blip), retry=0.1)
+    assert raised.value.exit_code == 3 and "SierraBatch lab/b" in str(raised.value)
+    forbidden = ClusterError("forbidden: your user cannot get sierrabatches", 3)
+    reads = FlakyReads(1, forbidden)
+    with pytest.raises(ClusterError, match="forbidden"):
+        _follow(monkeypatch, reads, retry=60)
+    assert reads.calls == 1  # not transient: no retry
+
+
+@pytest.mark.parametrize("execenv", ["sierraop.local", "sierraop.cluster"])
+def test_a_sierra_without_sierra_operator_says_what_to_install(execenv: str) -> None:
+    """Loaded as SIERRA loads it (plugin directory on sys.path, the file by its path) in a
+    Python where sierra_operator cannot be imported: selecting the plugin logs one line and
+    exits 2, both plugins alike."""
+    plugin = plugin_path() / execenv.replace(".", "/") / "plugin.py"
+    script = f"""
+import importlib.util, logging, sys
+sys.modules["sierra_operator"] = None  # what a Python without it does on import
+sys.path.insert(0, {str(plugin_path())!r})
+logging.basicConfig(format="%(levelname)s %(message)s")
+spec = importlib.util.spec_from_file_location("plugin", {str(plugin)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module.execenv_check(None)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done
+    assert f"ERROR --execenv={execenv} needs sierra-operator in the Python" in done.stderr

@@ -180,6 +180,7 @@ def api_error(
         f"the Kubernetes API server answered {status} reading SierraBatch {name} in "
         f"namespace {namespace}: {message}",
         EXIT_CLUSTER,
+        transient=status >= 500 or status == 429,
     )
 
 

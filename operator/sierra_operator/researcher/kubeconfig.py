@@ -19,11 +19,16 @@ EXIT_CLUSTER = 3
 
 class ClusterError(Exception):
     """The cluster could not do what was asked; ``exit_code`` is 2 (something named is
-    missing) or 3 (the cluster cannot be used: kubeconfig, network, CRD, permission)."""
+    missing) or 3 (the cluster cannot be used: kubeconfig, network, CRD, permission).
+    ``transient``: the same request may well succeed soon (no answer, a 5xx, a 429), which
+    a long wait such as stage 2 following its batch retries rather than give up."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_CLUSTER) -> None:
+    def __init__(
+        self, message: str, exit_code: int = EXIT_CLUSTER, transient: bool = False
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.transient = transient
 
 
 def one_line(value: Any) -> str:
@@ -74,6 +79,7 @@ def unreachable(conn: Connection, exc: BaseException) -> ClusterError:
         f"cannot reach the Kubernetes API server at {conn.config.host} "
         f"({type(exc).__name__}: {one_line(exc)[:200]}); is the cluster up and the "
         "kubeconfig's context the right one? (kubectl cluster-info)",
+        transient=True,
     )
 
 

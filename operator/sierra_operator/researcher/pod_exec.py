@@ -127,6 +127,31 @@ async def run_in_pod(
             f"the API server refused to exec in pod {namespace}/{pod} ({exc.status} "
             f"{one_line(exc.message)}); is the pod still running?"
         ) from None
+    try:
+        status, err_tail = await exchange(ws, stdin, stdout, stderr)
+    finally:
+        await ws_cm.__aexit__(None, None, None)
+    if status is None:
+        tail = one_line(bytes(err_tail).decode(errors="replace"))[-600:]
+        raise ExecStreamCut(
+            f"the exec stream from pod {namespace}/{pod} ended before the command's exit "
+            f"status (connection dropped or pod gone){': ' + tail if tail else ''}"
+        )
+    code, message = exit_code_of(status)
+    return ExecOutcome(code, message, bytes(err_tail))
+
+
+async def exchange(
+    ws: Any,
+    stdin: AsyncIterator[bytes] | None,
+    stdout: Callable[[bytes], Awaitable[None]],
+    stderr: Callable[[bytes], Awaitable[None]] | None,
+) -> tuple[dict[str, Any] | None, bytes]:
+    """Send ``stdin`` on an open exec websocket while handing out what arrives, until the
+    stream ends; return the exit status (None if the stream ended without one) and the end
+    of stderr."""
+    import aiohttp
+
     sender = asyncio.ensure_future(_send_stdin(ws, stdin)) if stdin is not None else None
     status: dict[str, Any] | None = None
     err_tail = bytearray()
@@ -151,17 +176,14 @@ async def run_in_pod(
             elif channel == STATUS:
                 status = json.loads(payload)
         if sender is not None and sender.done() and not sender.cancelled():
-            sender.result()  # the producer's own error first: it is why the stream ended
+            failed = sender.exception()  # retrieved either way: never "never retrieved"
+            # Without a status the producer's error is why the stream ended. With one, the
+            # command ended first (e.g. the remote tar failed early and the server closed the
+            # stream, so sending the rest failed): its exit code and stderr say what happened.
+            if failed is not None and status is None:
+                raise failed
     finally:
         if sender is not None and not sender.done():
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-        await ws_cm.__aexit__(None, None, None)
-    if status is None:
-        tail = one_line(bytes(err_tail).decode(errors="replace"))[-600:]
-        raise ExecStreamCut(
-            f"the exec stream from pod {namespace}/{pod} ended before the command's exit "
-            f"status (connection dropped or pod gone){': ' + tail if tail else ''}"
-        )
-    code, message = exit_code_of(status)
-    return ExecOutcome(code, message, bytes(err_tail))
+    return status, bytes(err_tail)

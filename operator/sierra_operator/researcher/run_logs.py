@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -23,6 +25,13 @@ from sierra_operator.researcher.transfer_pod import CONTAINER, Target
 from sierra_operator.runs.ledger import run_paths
 
 EXIT_NO_OUTPUT = 66
+
+
+class OutputClosed(Exception):
+    """Whoever reads our stdout stopped (``logs ... | head``): not an error, the command
+    just ends. Not an OSError, so that nothing takes it for a network or file error."""
+
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 # `sh -c SCRIPT sh BATCH OUT ERR`: BATCH is the batch root, or the commands file in it.
@@ -65,9 +74,17 @@ def print_local(batch_root: Path, experiment: str, run: int) -> None:
         raise ClusterError(_missing(experiment, run, str(batch_root)), 2)
     for path, sink in ((out, sys.stdout.buffer), (err, sys.stderr.buffer)):
         if path.exists():
-            with path.open("rb") as fh:
+            with path.open("rb") as fh, _reader_gone():
                 shutil.copyfileobj(fh, sink)
-            sink.flush()
+                sink.flush()
+
+
+@contextmanager
+def _reader_gone() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise OutputClosed from None
 
 
 def _missing(experiment: str, run: int, where: str) -> str:
@@ -91,12 +108,14 @@ async def print_remote(
     stdout_file, stderr_file = run_files(experiment, run)
 
     async def write_out(data: bytes) -> None:
-        out.write(data)
-        out.flush()
+        with _reader_gone():
+            out.write(data)
+            out.flush()
 
     async def write_err(data: bytes) -> None:
-        err.write(data)
-        err.flush()
+        with _reader_gone():
+            err.write(data)
+            err.flush()
 
     async def work(ws_api: Any, pod: str) -> None:
         command = ["sh", "-c", LOGS_SCRIPT, "sh", path, str(stdout_file), str(stderr_file)]

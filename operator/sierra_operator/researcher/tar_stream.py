@@ -27,9 +27,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 MARKER = ".sierraop-transfer-complete"
 """Name of the last member of every transfer archive (at the archive's top level)."""
+STAGING = ".sierraop-staging"
+"""Directory at the top of the PVC holding pushes being unpacked (each in its own dir)."""
+FETCH_STAGING_PREFIX = ".sierraop-fetch-"
+"""Fetches unpack into ``<local sierra-root>/.sierraop-fetch-*`` (:func:`staging_dir`)."""
 CHUNK = 32 * 1024
 """Bytes per websocket message (what kubectl's streams use too)."""
 
@@ -128,6 +133,45 @@ def _counted(counts: list[int]) -> Callable[[tarfile.TarInfo], tarfile.TarInfo]:
     return count
 
 
+def own_file(rel: PurePosixPath, name: str) -> bool:
+    """Whether ``name`` in directory ``rel`` (relative to sierra-root) is the transfer tool's
+    own: the end marker, a push's staging tree on the PVC, a fetch's staging tree here. They
+    sit at the top of sierra-root and are never transferred: ``push .`` would otherwise ship
+    a fetch in progress and the marker (miscounting the files), ``fetch .`` other pushes'
+    partial trees."""
+    return str(rel) == "." and (name in (MARKER, STAGING) or name.startswith(FETCH_STAGING_PREFIX))
+
+
+def _forget_members(tar: Any) -> None:
+    """Drop the members tarfile remembers (all of them, ~1.5 KiB each, even in the stream
+    modes, where nothing reads them again): memory would grow with the file count. A hard
+    link still unpacks, from the file already written in the staging directory."""
+    tar.members.clear()
+
+
+def _add_tree(tar: tarfile.TarFile, root: Path, rel: PurePosixPath, counts: list[int]) -> None:
+    """Add ``root/rel`` and everything under it (symlinks as symlinks, sorted like
+    ``tar.add``). Walked here rather than by ``tar.add`` so that each member's ``TarInfo`` is
+    dropped once written: tarfile keeps them all in ``members`` (~1.5 KiB a file)."""
+    pending = [rel]
+    while pending:
+        here = pending.pop()
+        path = root / here
+        info = tar.gettarinfo(str(path), arcname=str(here))
+        if info is None:  # a socket: tar.add skips it too
+            continue
+        _counted(counts)(info)
+        if info.isreg():
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
+        else:
+            tar.addfile(info)
+        _forget_members(tar)
+        if info.isdir():
+            names = sorted(os.listdir(path), reverse=True)  # popped in sorted order
+            pending.extend(here / name for name in names if not own_file(here, name))
+
+
 def write_archive(root: Path, rels: list[PurePosixPath], out: Pipe) -> Counts:
     """Archive each ``root/rel`` (a file or a tree; symlinks as symlinks) as ``rel/...`` into
     ``out``, then :data:`MARKER` holding the counts, and close ``out``. On any error ``out``
@@ -136,7 +180,7 @@ def write_archive(root: Path, rels: list[PurePosixPath], out: Pipe) -> Counts:
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             for rel in rels:
-                tar.add(root / rel, arcname=str(rel), filter=_counted(counts))
+                _add_tree(tar, root, rel, counts)
             marker = json.dumps({"files": counts[0], "bytes": counts[1]}).encode()
             info = tarfile.TarInfo(MARKER)
             info.size = len(marker)
@@ -170,10 +214,19 @@ def read_archive(source: Pipe, stage: Path, rel: PurePosixPath) -> Counts:
                 if member.name == MARKER:
                     complete = True
                     continue
+                parts = PurePosixPath(os.path.normpath(member.name)).parts
+                if parts and own_file(rel, parts[0]):
+                    continue  # another transfer's files at the top of sierra-root: not ours
                 if not _inside(member.name, rel):
                     raise TransferError(f"archive member {member.name!r} is not under {rel}")
                 _counted(counts)(member)
                 tar.extract(member, stage, filter="data")
+                _forget_members(tar)
+    except KeyError as exc:  # tarfile's way of saying a hard link's target is not there
+        source.abort(f"unpacking failed: {exc}")
+        raise TransferError(
+            f"the archive could not be unpacked: the target of hard link {exc} is missing"
+        ) from None
     except (tarfile.TarError, OSError) as exc:
         source.abort(f"unpacking failed: {exc}")
         raise TransferError(f"the archive could not be unpacked: {exc}") from None
@@ -187,31 +240,56 @@ def read_archive(source: Pipe, stage: Path, rel: PurePosixPath) -> Counts:
     return Counts(counts[0], counts[1])
 
 
+def _conflict(stage: Path, dest: Path) -> str | None:
+    """The first path where ``stage`` holds a directory and ``dest`` something else, or the
+    other way round (None if there is none): merging would have to stop there."""
+    if not stage.is_dir() or stage.is_symlink():
+        if dest.is_dir() and not dest.is_symlink():
+            return f"{dest} is a directory locally, a file in the archive"
+        return None
+    if dest.exists() and not dest.is_dir():
+        return f"{dest} is a file locally, a directory in the archive"
+    if not dest.exists():
+        return None  # nothing there can be in the way
+    with os.scandir(stage) as entries:
+        names = sorted(entry.name for entry in entries)
+    for name in names:
+        found = _conflict(stage / name, dest / name)
+        if found is not None:
+            return found
+    return None
+
+
 def merge_into_place(stage: Path, dest: Path) -> None:
     """Move the unpacked ``stage`` (a file or a tree) to ``dest``: directories are created
     or kept, each file or symlink replaces what ``dest`` has at its path (``os.replace``:
-    never half a file). Files that exist only in ``dest`` stay."""
+    never half a file). Files that exist only in ``dest`` stay. A file where the archive has
+    a directory (or the other way round) anywhere in the tree is refused before anything
+    moves, so ``dest`` is left as it was."""
+    problem = _conflict(stage, dest)
+    if problem is not None:
+        raise TransferError(problem)
+    _move(stage, dest)
+
+
+def _move(stage: Path, dest: Path) -> None:
     if not stage.is_dir() or stage.is_symlink():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_dir() and not dest.is_symlink():
-            raise TransferError(f"{dest} is a directory locally, a file in the archive")
         os.replace(stage, dest)
         return
-    if dest.exists() and not dest.is_dir():
-        raise TransferError(f"{dest} is a file locally, a directory in the archive")
     for here, dirs, files in os.walk(stage):
         rel = Path(here).relative_to(stage)
         target = dest / rel
         target.mkdir(parents=True, exist_ok=True)
         for name in [*files, *(d for d in dirs if (Path(here) / d).is_symlink())]:
-            merge_into_place(Path(here) / name, target / name)
+            _move(Path(here) / name, target / name)
 
 
 def staging_dir(root: Path) -> Path:
     """A fresh staging directory on the same filesystem as ``root`` (so the final moves are
     renames), hidden: ``root/.sierraop-fetch-*``."""
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".sierraop-fetch-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=FETCH_STAGING_PREFIX, dir=root))
 
 
 def remove_tree(path: Path) -> None:

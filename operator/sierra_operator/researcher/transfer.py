@@ -33,16 +33,18 @@ from sierra_operator.core.model import SpecError, parse_batch, stored_batch
 from sierra_operator.core.names import sierra_root_claim
 from sierra_operator.images.spec import pinned, tagged
 from sierra_operator.researcher.kubeconfig import (
+    EXIT_NOT_FOUND,
     ClusterError,
     Connection,
-    network_errors,
     one_line,
     unreachable,
 )
 from sierra_operator.researcher.pod_exec import ExecOutcome, ExecStreamCut, run_in_pod
 from sierra_operator.researcher.tar_stream import (
     CHUNK,
+    FETCH_STAGING_PREFIX,
     MARKER,
+    STAGING,
     Counts,
     Pipe,
     TransferError,
@@ -55,8 +57,11 @@ from sierra_operator.researcher.tar_stream import (
 from sierra_operator.researcher.transfer_pod import CONTAINER, Target, transfer_pod
 
 EXIT_TRANSFER_FAILED = 1
-STAGING = ".sierraop-staging"
-"""Directory at the top of the PVC holding pushes being unpacked (each in its own dir)."""
+EXIT_NO_SUCH_PATH = 66
+"""The fetch script's (and the logs script's) exit code for a path missing on the PVC."""
+HEARTBEAT_SECONDS = 30.0
+"""Websocket ping interval: a connection dropped without a close (NAT, a dead node) ends the
+transfer as cut within two intervals instead of waiting forever with the pod kept."""
 
 # `sh -c SCRIPT sh ROOT STAGE REL...`: paths are arguments, never pasted into the script.
 PUSH_SCRIPT = f"""set -eu
@@ -71,7 +76,9 @@ if [ ! -f "$stage/{MARKER}" ]; then
   echo "the archive ended before its end marker: nothing was put in place" >&2; exit 65
 fi
 want=$(sed -n 's/.*"files": *\\([0-9]*\\).*/\\1/p' "$stage/{MARKER}")
-got=$(( $(find "$stage" -type f | wc -l) - 1 ))
+rm -f "$stage/{MARKER}"  # never copied into place (a push of . would put it in the root)
+# One dot per file: names may hold line breaks. GNU find (the images are Debian-based).
+got=$(( $(find "$stage" -type f -printf . | wc -c) ))
 if [ "$got" -ne "$want" ]; then
   echo "unpacked $got files, the archive announced $want: nothing was put in place" >&2
   exit 65
@@ -88,11 +95,15 @@ done
 """
 FETCH_SCRIPT = f"""set -eu
 root=$1 rel=$2
-if [ ! -e "$root/$rel" ]; then echo "$root/$rel does not exist on the PVC" >&2; exit 66; fi
+if [ ! -e "$root/$rel" ]; then
+  echo "$root/$rel does not exist on the PVC" >&2; exit {EXIT_NO_SUCH_PATH}
+fi
 mark=$(mktemp -d)
 trap 'rm -rf "$mark"' EXIT
 printf '{{}}' > "$mark/{MARKER}"
-tar -c -f - -C "$root" "$rel" -C "$mark" {MARKER}
+# The tool's own files at the top (pushes being unpacked, a stray marker) never leave.
+tar -c -f - --anchored --exclude="./{STAGING}" --exclude="./{FETCH_STAGING_PREFIX}*" \\
+  --exclude="./{MARKER}" -C "$root" "$rel" -C "$mark" {MARKER}
 """
 
 
@@ -149,6 +160,12 @@ def relative_path(path: str | os.PathLike[str] | None, sierra_root: Path) -> Pur
     return rel
 
 
+def local_error(exc: OSError) -> ClusterError:
+    """An error on this machine's files (exit code 1), naming the path."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return ClusterError(f"local file error{where}: {exc.strerror or exc}", EXIT_TRANSFER_FAILED)
+
+
 def _remote(target: Target, rel: PurePosixPath) -> str:
     return f"PVC {target.claim}:{PurePosixPath(target.mount_path) / rel}"
 
@@ -166,7 +183,10 @@ async def with_pod(
     conn: Connection, target: Target, work: Callable[[Any, str], Any], pod_timeout: float
 ) -> Any:
     """Run ``work(ws_api, pod)`` with a transfer pod (deleted afterwards, whatever
-    happens); an unreachable API server becomes a ClusterError."""
+    happens). A network error talking to the API server becomes a ClusterError with exit
+    code 3; any other OSError is this machine's (a local path not creatable, a rename across
+    filesystems) and becomes one with exit code 1: the cluster is fine."""
+    import aiohttp
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
     from kubernetes_asyncio.stream import WsApiClient
@@ -174,12 +194,14 @@ async def with_pod(
     try:
         async with (
             client.ApiClient(configuration=conn.config) as api,
-            WsApiClient(configuration=conn.config) as ws_api,
+            WsApiClient(configuration=conn.config, heartbeat=HEARTBEAT_SECONDS) as ws_api,
             transfer_pod(api, target, pod_timeout) as pod,
         ):
             return await work(ws_api, pod)
-    except network_errors() as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise unreachable(conn, exc) from None
+    except OSError as exc:
+        raise local_error(exc) from None
     except ApiException as exc:  # what the specific handlers did not expect
         raise ClusterError(
             f"the Kubernetes API server answered {exc.status} {exc.reason} "
@@ -209,6 +231,8 @@ async def push(
             """The push script writes nothing on stdout; its errors come on stderr."""
 
         stage = f"{target.mount_path.rstrip('/')}/{STAGING}/{pod}"
+        outcome: ExecOutcome | None = None
+        cut: ClusterError | None = None
         try:
             outcome = await run_in_pod(
                 ws_api,
@@ -219,18 +243,30 @@ async def push(
                 stdin=_chunks_of(pipe),
                 stdout=ignore,
             )
-        except ExecStreamCut as exc:
-            raise ClusterError(
-                f"pushing to {_remote(target, shown)} failed: {exc}; nothing was put in place "
-                "there",
-                1,
-            ) from None
+        except (ExecStreamCut, TransferError) as exc:
+            cut = ClusterError(str(exc), 1)
         finally:
             pipe.abort("the transfer ended")  # the archiving thread stops if still going
             done = await asyncio.gather(archiving, return_exceptions=True)
+        counts = done[0]
+        if isinstance(counts, BaseException) and not isinstance(counts, TransferError):
+            # Archiving here failed (a file unreadable or shrinking while read): that is why
+            # the stream ended, and the pod refused the archive without its end marker.
+            raise ClusterError(
+                f"pushing to {_remote(target, shown)} failed: archiving under {sierra_root} "
+                f"failed: {counts}; nothing was put in place there",
+                1,
+            )
+        if cut is not None:
+            # The cut may have come while the pod hard-linked the staged tree into place.
+            raise ClusterError(
+                f"pushing to {_remote(target, shown)} failed: {cut}; the PVC may hold part of "
+                "what was pushed: push again",
+                1,
+            )
+        assert outcome is not None
         if outcome.exit_code != 0:
             raise _failed("pushing to", target, shown, outcome)
-        counts = done[0]
         if not isinstance(counts, Counts):
             raise ClusterError(f"archiving under {sierra_root} failed: {counts}", 1)
         return Transferred(counts.files, counts.bytes, _remote(target, shown))
@@ -246,10 +282,26 @@ async def fetch(
     rel: PurePosixPath,
     pod_timeout: float = 300.0,
 ) -> Transferred:
-    """Download the PVC's ``rel`` to ``sierra_root/rel``, put in place only when complete."""
+    """Download the PVC's ``rel`` to ``sierra_root/rel``, put in place only when complete.
+    The staging directory is made first: a local sierra-root that cannot be written fails
+    before any pod is created."""
+    try:
+        stage = staging_dir(sierra_root)
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot fetch into {sierra_root}: {exc.strerror or exc} ({exc.filename}); give "
+            "--sierra-root a directory you can write",
+            EXIT_TRANSFER_FAILED,
+        ) from None
+
+    def failed(reason: object) -> ClusterError:
+        return ClusterError(
+            f"fetching {_remote(target, rel)} failed: {reason}; nothing was changed under "
+            f"{sierra_root}",
+            EXIT_TRANSFER_FAILED,
+        )
 
     async def work(ws_api: Any, pod: str) -> Transferred:
-        stage = staging_dir(sierra_root)
         pipe = Pipe()
         unpacking = asyncio.ensure_future(asyncio.to_thread(read_archive, pipe, stage, rel))
 
@@ -272,34 +324,35 @@ async def fetch(
             except TransferError:
                 outcome = None  # the unpacking error, raised below, says what went wrong
             except ExecStreamCut as exc:
-                raise ClusterError(
-                    f"fetching {_remote(target, rel)} failed: {exc}; nothing was changed "
-                    f"under {sierra_root}",
-                    1,
-                ) from None
+                raise failed(exc) from None
             finally:
                 pipe.close()
+            if outcome is not None and outcome.exit_code == EXIT_NO_SUCH_PATH:
+                raise ClusterError(
+                    f"{_remote(target, rel)} does not exist: nothing to fetch", EXIT_NOT_FOUND
+                )
             try:
                 counts = await unpacking
             except TransferError as exc:
                 if outcome is not None and outcome.exit_code != 0:
                     raise _failed("fetching", target, rel, outcome) from None
-                raise ClusterError(
-                    f"fetching {_remote(target, rel)} failed: {exc}; nothing was changed "
-                    f"under {sierra_root}",
-                    1,
-                ) from None
+                raise failed(exc) from None
             if outcome is None or outcome.exit_code != 0:
                 assert outcome is not None  # a TransferError always fails the unpacking
                 raise _failed("fetching", target, rel, outcome)
-            merge_into_place(stage / rel, sierra_root / rel)
+            try:
+                merge_into_place(stage / rel, sierra_root / rel)
+            except TransferError as exc:
+                raise failed(exc) from None
             return Transferred(counts.files, counts.bytes, _remote(target, rel))
         finally:
             pipe.abort("the transfer ended")
             await asyncio.gather(unpacking, return_exceptions=True)
-            remove_tree(stage)
 
-    result: Transferred = await with_pod(conn, target, work, pod_timeout)
+    try:
+        result: Transferred = await with_pod(conn, target, work, pod_timeout)
+    finally:
+        remove_tree(stage)
     return result
 
 

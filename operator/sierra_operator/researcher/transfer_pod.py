@@ -3,7 +3,7 @@
 It mounts the batch's sierra-root claim at the batch's ``mountPath`` (the same absolute path
 as ``--sierra-root`` on the researcher's machine, so SIERRA's absolute paths hold on both
 sides), runs the batch's image idle, and is used only through ``pods/exec``. It is deleted
-when the transfer ends, also after an error or Ctrl-C; if the machine itself dies first,
+when the transfer ends, also after an error, Ctrl-C or SIGTERM; if the machine itself dies first,
 ``activeDeadlineSeconds`` ends it within a day and ``kubectl delete pod -l
 app.kubernetes.io/component=transfer`` removes it at once.
 
@@ -16,6 +16,8 @@ needs no API access.
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,8 @@ from typing import Any
 from sierra_operator.core import names
 from sierra_operator.researcher.kubeconfig import ClusterError, forbidden, one_line
 
+log = logging.getLogger("sierra_operator.transfer")
+
 CONTAINER = "transfer"
 VOLUME = "sierra-root"
 COMPONENT = "transfer"
@@ -32,6 +36,8 @@ IDLE_SECONDS = 86400
 IDLE = f"trap 'exit 0' TERM; sleep {IDLE_SECONDS} & wait"
 """The container's main process: idle until deleted (a shell as PID 1 needs the trap to
 stop at once on SIGTERM) or a day has passed."""
+_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+"""What the API server's ``generateName`` uses (no vowels: no words)."""
 _BROKEN_WAITING = {
     "ErrImagePull",
     "ImagePullBackOff",
@@ -54,7 +60,15 @@ class Target:
     pull_secret: str | None = None
 
 
-def render_pod(target: Target) -> dict[str, Any]:
+def pod_name(target: Target) -> str:
+    """``<batch>-transfer-<5 random chars>``, chosen here rather than by ``generateName``:
+    a create whose answer never arrives (Ctrl-C, a timeout) may still have made the pod, and
+    only a name known beforehand lets it be deleted."""
+    suffix = "".join(secrets.choice(_NAME_CHARS) for _ in range(5))
+    return f"{target.batch[:40]}-transfer-{suffix}"
+
+
+def render_pod(target: Target, name: str) -> dict[str, Any]:
     """The transfer pod (pure): PVC at ``mount_path``, the batch image idle, no token."""
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -77,7 +91,7 @@ def render_pod(target: Target) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": f"{target.batch[:40]}-transfer-",
+            "name": name,
             "namespace": target.namespace,
             "labels": {
                 "app.kubernetes.io/managed-by": names.MANAGED_BY,
@@ -145,29 +159,39 @@ async def _check_claim(core: Any, target: Target) -> None:
 @asynccontextmanager
 async def transfer_pod(api: Any, target: Target, timeout: float = 300.0) -> AsyncIterator[str]:
     """Create the transfer pod, wait until it runs, yield its name; delete it on the way
-    out, whatever happened (error, cancellation, Ctrl-C)."""
+    out, whatever happened (error, cancellation, Ctrl-C, also while the create was under
+    way). A failed delete is an error only when nothing else failed: otherwise it is a
+    warning naming the pod, and the first error is the one reported."""
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
 
     core: Any = client.CoreV1Api(api)  # takes a plain manifest (typed as V1Pod only)
     await _check_claim(core, target)
+    name = pod_name(target)
+    may_exist = True
     try:
-        created = await core.create_namespaced_pod(
-            target.namespace, render_pod(target), _request_timeout=30
-        )
-    except ApiException as exc:
-        if exc.status == 403:
-            raise forbidden("create", "pods", target.namespace, "the transfer pod") from None
-        raise ClusterError(
-            f"creating the transfer pod in namespace {target.namespace} failed: "
-            f"{exc.status} {one_line(exc.reason)} {one_line(exc.body)[:300]}"
-        ) from None
-    name = str(created.metadata.name)
-    try:
+        try:
+            await core.create_namespaced_pod(
+                target.namespace, render_pod(target, name), _request_timeout=30
+            )
+        except ApiException as exc:
+            may_exist = False  # the API server answered: it made nothing
+            if exc.status == 403:
+                raise forbidden("create", "pods", target.namespace, "the transfer pod") from None
+            raise ClusterError(
+                f"creating the transfer pod in namespace {target.namespace} failed: "
+                f"{exc.status} {one_line(exc.reason)} {one_line(exc.body)[:300]}"
+            ) from None
         await _wait_running(core, api, name, target, timeout)
         yield name
-    finally:
-        await asyncio.shield(_delete(core, name, target.namespace))
+    except BaseException:
+        if may_exist:
+            try:
+                await asyncio.shield(_delete(core, name, target.namespace))
+            except Exception as exc:  # the error in flight says what went wrong first
+                log.warning("%s", _not_deleted(name, target.namespace, exc))
+        raise
+    await asyncio.shield(_delete(core, name, target.namespace))
 
 
 async def _wait_running(core: Any, api: Any, name: str, target: Target, timeout: float) -> None:
@@ -213,6 +237,12 @@ async def _delete(core: Any, name: str, namespace: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise ClusterError(
-                f"could not delete transfer pod {namespace}/{name} ({exc.status}); delete it "
-                f"with kubectl delete pod -n {namespace} {name}"
+                _not_deleted(name, namespace, f"{exc.status} {exc.reason}")
             ) from None
+
+
+def _not_deleted(name: str, namespace: str, why: object) -> str:
+    return (
+        f"could not delete transfer pod {namespace}/{name} ({one_line(why)[:200]}); delete it "
+        f"with kubectl delete pod -n {namespace} {name}"
+    )

@@ -38,6 +38,7 @@ from sierra_operator.researcher.batch_status import (
     progress_line,
     read_with,
 )
+from sierra_operator.researcher.interrupts import sigterm_as_ctrl_c
 from sierra_operator.researcher.kubeconfig import (
     EXIT_NOT_FOUND,
     ClusterError,
@@ -65,6 +66,8 @@ log = logging.getLogger("sierraop.cluster")
 
 DEFAULT_CLAIM = "sierra-root"
 CREATED_BY = "sierraop.cluster"
+_first_retry_delay = 1.0
+"""Seconds before the first retry of a failed read while following (doubling, at most 15)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class ClusterOptions:
     pod_timeout: float = 300.0
     operator_timeout: float = 120.0
     poll_seconds: float = 2.0
+    read_retry_seconds: float = 120.0
+    """How long following rides out failed reads (network, 5xx, 429) before giving up."""
 
     @classmethod
     def from_cmdopts(cls, cmdopts: Mapping[str, Any]) -> ClusterOptions:
@@ -168,7 +173,9 @@ async def _existing(conn: Connection, name: str) -> dict[str, Any] | None:
         raise
 
 
-async def _create(conn: Connection, doc: dict[str, Any]) -> None:
+async def _create(conn: Connection, doc: dict[str, Any]) -> bool:
+    """Create the batch; False if one of its name appeared since we looked (another stage 2
+    racing us): the caller then follows that one, as when it existed before."""
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -178,6 +185,8 @@ async def _create(conn: Connection, doc: dict[str, Any]) -> None:
                 GROUP, VERSION, conn.namespace, PLURAL, doc, _request_timeout=30
             )
         except ApiException as exc:
+            if exc.status == 409:
+                return False
             if exc.status == 403:
                 raise forbidden("create", f"{PLURAL}.{GROUP}", conn.namespace) from None
             raise ClusterError(
@@ -186,6 +195,25 @@ async def _create(conn: Connection, doc: dict[str, Any]) -> None:
             ) from None
         except network_errors() as exc:
             raise unreachable(conn, exc) from None
+    return True
+
+
+def check_existing(obj: dict[str, Any], doc: dict[str, Any], namespace: str, resume: bool) -> str:
+    """The existing batch of our name may be followed: it is SIERRA's batch, and not one
+    that Succeeded already unless ``resume``; returns its phase, or raises Stage2Failed."""
+    name = doc["metadata"]["name"]
+    problem = other_batch(obj, doc)
+    if problem:
+        raise Stage2Failed(f"stage 2 failed: {problem}", 2)
+    phase = phase_of(obj)
+    if phase == "Succeeded" and not resume:
+        raise Stage2Failed(
+            f"SierraBatch {namespace}/{name} already Succeeded: pass --exec-resume to "
+            f"fetch its outputs, or `kubectl delete sierrabatch {name} -n "
+            f"{namespace}` to run it again",
+            2,
+        )
+    return phase
 
 
 async def follow(
@@ -196,7 +224,7 @@ async def follow(
     started = time.monotonic()
     last = ""
     while True:
-        obj = await read_with(conn, name)
+        obj = await _read_retrying(conn, name, opts, note)
         status = obj.get("status") or {}
         if not status and time.monotonic() - started > opts.operator_timeout:
             raise ClusterError(
@@ -214,6 +242,35 @@ async def follow(
         if phase_of(obj) in ("Succeeded", "Failed"):
             return obj
         await asyncio.sleep(opts.poll_seconds)
+
+
+async def _read_retrying(
+    conn: Connection, name: str, opts: ClusterOptions, note: Callable[[str], None]
+) -> dict[str, Any]:
+    """Read the batch; a transient failure (no answer, 5xx, 429) is retried with backoff
+    for up to ``read_retry_seconds``: one blip must not fail stage 2 while the batch runs
+    on. Then the error says that it does, and how to re-attach."""
+    failing_since: float | None = None
+    delay = _first_retry_delay
+    while True:
+        try:
+            return await read_with(conn, name)
+        except ClusterError as exc:
+            if not exc.transient:
+                raise
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+                note(f"reading SierraBatch {conn.namespace}/{name} failed ({exc}); retrying")
+            if now - failing_since >= opts.read_retry_seconds:
+                raise ClusterError(
+                    f"following SierraBatch {conn.namespace}/{name}: reads failed for "
+                    f"{now - failing_since:.0f}s ({exc}); the batch keeps running in the "
+                    "cluster: run stage 2 again to re-attach and fetch its outputs",
+                    exc.exit_code,
+                ) from None
+            await asyncio.sleep(min(delay, max(opts.read_retry_seconds - (now - failing_since), 0)))
+            delay = min(delay * 2, 15.0)
 
 
 async def run_cluster_stage2_async(
@@ -239,19 +296,10 @@ async def run_cluster_stage2_async(
         note(f"pushing the batch's inputs to PVC {opts.claim} in namespace {conn.namespace}")
         done = await push(conn, target, sierra_root, inputs, opts.pod_timeout)
         note(f"pushed {done.files} files ({done.bytes / 2**20:.1f} MiB); creating SierraBatch")
-        await _create(conn, doc)
-    else:
-        problem = other_batch(obj, doc)
-        if problem:
-            raise Stage2Failed(f"stage 2 failed: {problem}", 2)
-        phase = phase_of(obj)
-        if phase == "Succeeded" and not opts.stage2.resume:
-            raise Stage2Failed(
-                f"SierraBatch {conn.namespace}/{name} already Succeeded: pass --exec-resume to "
-                f"fetch its outputs, or `kubectl delete sierrabatch {name} -n "
-                f"{conn.namespace}` to run it again",
-                2,
-            )
+        if not await _create(conn, doc):  # another stage 2 created it meanwhile
+            obj = await read_with(conn, name)
+    if obj is not None:
+        phase = check_existing(obj, doc, conn.namespace, opts.stage2.resume)
         note(f"SierraBatch {conn.namespace}/{name} exists ({phase}): following it")
     obj = await follow(conn, name, opts, note)
     if phase_of(obj) == "Failed":
@@ -269,7 +317,8 @@ def run_cluster_stage2(
     fail stage 2 with their exit code; Ctrl-C stops following (the transfer pod is deleted)
     while the batch goes on in the cluster, and says how to re-attach or stop it."""
     try:
-        asyncio.run(run_cluster_stage2_async(sierra_root, batch_root, cmdfile, opts))
+        with sigterm_as_ctrl_c():  # SIGTERM too deletes the transfer pod on the way out
+            asyncio.run(run_cluster_stage2_async(sierra_root, batch_root, cmdfile, opts))
     except ClusterError as exc:
         raise Stage2Failed(f"stage 2 failed: {exc}", exc.exit_code) from None
     except KeyboardInterrupt:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
 try:
     from sierra_operator.sierra.plugin.sierraop.base import interface
 except ImportError:  # SIERRA's Python has no sierra-operator: say so if selected
+    from sierraop.fallback import not_installed
 
-    def _not_installed(*_: Any) -> Any:
-        raise SystemExit(f"--execenv=sierraop.cluster needs sierra-operator in {sys.executable}")
-
-    cmdline_postparse_configure = execenv_check = _not_installed
+    cmdline_postparse_configure = execenv_check = not_installed("sierraop.cluster")
 else:
     BatchShellCmdsGenerator, cmdline_postparse_configure, execenv_check = interface(
         "sierraop.cluster", _stage2, _check_args

@@ -9,8 +9,6 @@ Python lacks it still starts (selecting this execenv then says what to install).
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +21,10 @@ def _stage2(cmdopts: dict[str, Any], sierra_root: Path, batch_root: Path, cmdfil
 
 try:
     from sierra_operator.sierra.plugin.sierraop.base import interface
-except ImportError:  # SIERRA's Python has no sierra-operator
+except ImportError:  # SIERRA's Python has no sierra-operator: say so if selected
+    from sierraop.fallback import not_installed
 
-    def _not_installed(*_: Any) -> Any:
-        logging.getLogger("sierraop").error(
-            "--execenv=sierraop.* needs sierra-operator in the Python that runs SIERRA (%s): "
-            "pip install sierra-operator there, or use the sierra command of its environment",
-            sys.executable,
-        )
-        raise SystemExit(2)
-
-    cmdline_postparse_configure = execenv_check = _not_installed
+    cmdline_postparse_configure = execenv_check = not_installed("sierraop.local")
 else:
     BatchShellCmdsGenerator, cmdline_postparse_configure, execenv_check = interface(
         "sierraop.local", _stage2
