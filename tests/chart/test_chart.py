@@ -397,6 +397,25 @@ def test_bundled_postgresql_has_a_pvc_and_a_generated_password_from_its_secret()
     assert OperatorSettings.from_env(env).submit_concurrency == 8
 
 
+def test_bundled_postgresql_password_from_a_secret_the_user_made() -> None:
+    """`helm template` and GitOps renders have no `lookup`: a generated password would change
+    at every render, while the database keeps the first. With passwordSecret named, the
+    chart generates none, and the database and the Prefect server read the user's."""
+    docs = render(
+        *VARIANTS["postgresql-bundled"],
+        "--set", "prefect.server.database.postgresql.passwordSecret.name=lab-db",
+        "--set", "prefect.server.database.postgresql.passwordSecret.key=pw",
+    )  # fmt: skip
+    assert by_kind(docs, "Secret") == [], "no generated password Secret"
+    (stateful,) = by_kind(docs, "StatefulSet")
+    (db,) = stateful["spec"]["template"]["spec"]["containers"]
+    db_env = {e["name"]: e for e in db["env"]}
+    password_ref = db_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password_ref == {"name": "lab-db", "key": "pw"}
+    url = prefect_database_url(prefect_server_container(docs)["env"], {("lab-db", "pw"): "s3cr3t"})
+    assert url.startswith("postgresql+asyncpg://prefect:s3cr3t@")
+
+
 def test_existing_postgresql_url_comes_only_from_its_secret() -> None:
     docs = render(*VARIANTS["postgresql-existing"])
     assert not by_kind(docs, "StatefulSet") and not by_kind(docs, "Secret"), "nothing bundled"

@@ -49,6 +49,14 @@ runs it (database.type postgresql without an existing database's Secret). */}}
 {{- printf "%s-postgresql" (include "sierra-operator.prefectServerName" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Secret and key of the bundled PostgreSQL's password: the user's passwordSecret, or
+the one the chart generates. */}}
+{{- define "sierra-operator.postgresqlPasswordRef" -}}
+{{- $ps := .Values.prefect.server.database.postgresql.passwordSecret -}}
+name: {{ $ps.name | default (include "sierra-operator.postgresqlName" .) }}
+key: {{ ternary $ps.key "password" (ne $ps.name "") }}
+{{- end -}}
+
 {{- define "sierra-operator.bundledPostgresql" -}}
 {{- with .Values.prefect.server -}}
 {{- if and .enabled (eq .database.type "postgresql") (not .database.postgresql.existingSecret.name) -}}
