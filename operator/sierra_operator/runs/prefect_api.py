@@ -561,7 +561,9 @@ class PrefectBatch:
         (first) run and attempt, so a create retried (by Prefect's client after a 503, or by
         a restarted operator re-deciding the same wave) never makes a second flow run. Each
         id is remembered as soon as it is created: runs of a wave that failed half-way are
-        still observed next tick.
+        still observed next tick. On a failure the others in flight finish (none is cancelled
+        after the server may have committed it), and the batch is listed again next
+        :meth:`observe`, so a flow run whose id never came back is still found.
         """
         gate = asyncio.Semaphore(max(1, self.submit_concurrency))
 
@@ -590,15 +592,25 @@ class PrefectBatch:
 
         async with self.client() as client:
             await self.resolve_deployment()  # once, not raced by every create
+            # Not a TaskGroup: one failed create would cancel the ones in flight, and a
+            # cancelled create may already be committed by the server with its id lost. Every
+            # create finishes; ids that came back are recorded (in ``create``).
             try:
-                async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-                    tasks = [
-                        group.create_task(create(client, packed))
-                        for packed in pack(action.runs, runs_per_pod)
-                    ]
-            except ExceptionGroup as failed:
-                raise failed.exceptions[0] from None  # as a sequential loop would: callers catch it
-        return [task.result() for task in tasks]
+                results = await asyncio.gather(
+                    *(create(client, packed) for packed in pack(action.runs, runs_per_pod)),
+                    return_exceptions=True,
+                )
+            except BaseException:  # cancelled from outside: creates may be committed unseen
+                self._listed = False
+                raise
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            # A create that failed (a timeout, say) may still have been committed: re-list
+            # every flow run of the batch next observe(), so none is missed and its runs are
+            # not packed again under a new key (run twice).
+            self._listed = False
+            raise errors[0]  # as a sequential loop would: callers catch it
+        return [r for r in results if not isinstance(r, BaseException)]
 
     async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
         out: list[FlowRun] = []
