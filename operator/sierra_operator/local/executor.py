@@ -148,13 +148,36 @@ def _execute(flow_run_id: str) -> None:
             run_flow(run_experiment, flow_run=flow_run, error_logger=logger)  # type: ignore[arg-type]
 
 
-def _become_flow_run_process() -> None:
-    """In a forked child: its own process group, default signals, no stdin of ours."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent ``parent_pid`` dies.
+
+    A flow-run process is in its own process group, so an executor SIGKILLed (the OOM
+    killer) would leave it running, unobserved, with nobody to mark it Crashed. If the
+    parent already died before the ``prctl`` (we were re-parented), exit at once. Linux
+    only: elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _become_flow_run_process(parent_pid: int) -> None:
+    """In a forked child: its own process group, default signals, no stdin of ours; dies
+    with the executor ``parent_pid``."""
     os.setpgid(0, 0)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    die_with_parent(parent_pid)
 
 
 def _read_line(fd: int) -> str | None:
@@ -167,13 +190,13 @@ def _read_line(fd: int) -> str | None:
     return data.decode().strip()
 
 
-def _spare(feed: int) -> None:
+def _spare(feed: int, parent_pid: int) -> None:
     """A child forked ahead of need: waits for its flow run's id on ``feed``, executes it,
     exits (without an id: exits 0, the executor is stopping). Never returns."""
     code = 0
     flow_run_id = ""
     try:
-        _become_flow_run_process()
+        _become_flow_run_process(parent_pid)
         flow_run_id = _read_line(feed) or ""
         if flow_run_id:
             os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
@@ -209,10 +232,11 @@ class _Executor:
     def fork_spare(self) -> None:
         """Fork the next flow-run process now, so a flow run does not wait for the fork."""
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(write_end)
-            _spare(read_end)
+            _spare(read_end, parent)
         os.close(read_end)
         self.spare = (pid, write_end)
 
