@@ -1,4 +1,4 @@
-"""A flow-run process dies with its executor (PR_SET_PDEATHSIG), even SIGKILLed."""
+"""Local executor: flow-run processes die with it (PR_SET_PDEATHSIG); a dead one is reported."""
 
 from __future__ import annotations
 
@@ -55,3 +55,22 @@ def test_child_dies_when_its_parent_is_sigkilled() -> None:
             os.kill(child, signal.SIGKILL)
         except (ProcessLookupError, UnboundLocalError, PermissionError):
             pass
+
+
+def test_execute_on_a_dead_executor_names_its_log(tmp_path: Path) -> None:
+    from sierra_operator.local.executor import ExecutorExited, FlowRunExecutor
+
+    log = tmp_path / "executor.log"
+    executor = FlowRunExecutor(
+        name="executor",
+        argv=[sys.executable, "-c", "print('boom', flush=True)"],
+        env=dict(os.environ),
+        log_path=log,
+    )
+    executor.start()
+    assert executor.proc is not None
+    executor.proc.wait(10)
+    with pytest.raises(ExecutorExited, match=r"executor\.log") as err:
+        for _ in range(100):  # the pipe buffers a little before it breaks
+            executor.execute("00000000-0000-0000-0000-000000000000")
+    assert "boom" in str(err.value)

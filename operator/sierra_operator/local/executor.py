@@ -63,6 +63,11 @@ STOP_GRACE = 5.0  # within the driver's grace for the executor itself
 _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+class ExecutorExited(RuntimeError):
+    """The executor process is gone: a flow run could not be handed to it (the driver
+    reports this as its LocalError; the message names the executor's log)."""
+
+
 @dataclass
 class FlowRunExecutor(ManagedProcess):
     """The driver's handle on the executor process (started before the server is ready)."""
@@ -81,10 +86,19 @@ class FlowRunExecutor(ManagedProcess):
         )
 
     def execute(self, flow_run_id: str) -> None:
-        """Hand one flow run to the executor; it starts it at once."""
+        """Hand one flow run to the executor; it starts it at once.
+
+        Raises :class:`ExecutorExited` if the executor died (its stdin is a broken pipe),
+        naming its log, rather than a BrokenPipeError traceback."""
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"{flow_run_id}\n".encode())
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(f"{flow_run_id}\n".encode())
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise ExecutorExited(
+                f"the flow-run executor exited ({exc}); see {self.log_path}, which ends:\n"
+                f"{self.log_tail()}"
+            ) from None
         self.submitted.append(flow_run_id)
 
 
