@@ -74,3 +74,45 @@ def test_execute_on_a_dead_executor_names_its_log(tmp_path: Path) -> None:
         for _ in range(100):  # the pipe buffers a little before it breaks
             executor.execute("00000000-0000-0000-0000-000000000000")
     assert "boom" in str(err.value)
+
+
+def test_a_started_flow_run_process_is_tracked_before_it_is_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sierra_operator.local import executor as mod
+
+    ex = mod._Executor("http://unused")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    ex.spare = (12345, write_end)
+
+    def interrupted(fd: int, data: bytes) -> int:
+        raise KeyboardInterrupt  # SIGTERM as the id is written
+
+    monkeypatch.setattr(mod.os, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ex.start("run-1")
+    assert ex.children == {12345: "run-1"}  # stop() will end it
+
+
+def test_a_dead_spare_is_not_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sierra_operator.local import executor as mod
+
+    ex = mod._Executor("http://unused")
+    pids = iter([111, 222])
+
+    def fork_spare() -> None:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        ex.spare = (next(pids), write_end)
+
+    def gone(fd: int, data: bytes) -> int:
+        raise BrokenPipeError
+
+    crashed: list[str] = []
+    monkeypatch.setattr(ex, "fork_spare", fork_spare)
+    monkeypatch.setattr(mod.os, "write", gone)
+    monkeypatch.setattr(mod, "mark_crashed", lambda url, run, msg: crashed.append(run))
+    ex.start("run-1")
+    assert ex.children == {}
+    assert crashed == ["run-1"]

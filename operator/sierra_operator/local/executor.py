@@ -261,14 +261,17 @@ class _Executor:
                 self.fork_spare()
             assert self.spare is not None
             pid, feed = self.spare
+            # Tracked before it is told: a SIGTERM (KeyboardInterrupt) right after the write
+            # would otherwise leave a flow-run process that stop() and reap() never see.
+            self.children[pid] = flow_run_id
             self.spare = None
             try:
                 os.write(feed, f"{flow_run_id}\n".encode())
             except OSError:  # the spare is gone (killed): a new one takes it
+                del self.children[pid]
                 continue
             finally:
                 os.close(feed)
-            self.children[pid] = flow_run_id
             _say(f"flow run {flow_run_id}: started in process {pid}")
             self.fork_spare()
             return
