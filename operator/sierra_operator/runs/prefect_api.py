@@ -79,11 +79,14 @@ FLOW_PHASES = {
     StateType.CANCELLING: RunPhase.RUNNING,
 }
 REASON_CHARS = 800
-SETTLE_GRACE_SECONDS = 15.0
+SETTLE_GRACE_SECONDS = 60.0
 """How long after a wave's flow run ended (failed, crashed, cancelled) its runs whose task
 run is not final yet wait for it in the cluster: task states reach Prefect's database
 asynchronously (events), so a run that completed in a pod that then crashed may still be
-reported COMPLETED. Past this, such a run is failed with the flow run's message."""
+reported COMPLETED. Past this, such a run is failed with the flow run's message, for good.
+A minute, not 15 s: on a loaded server task events lag well past 15 s, and a run that
+succeeded would be settled failed (and run again). The cost: a crashed pod's retry starts
+up to a minute later."""
 _MESSAGE_PREFIXES = (
     "Flow run encountered an exception: ",
     "Task run encountered an exception ",
