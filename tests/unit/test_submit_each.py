@@ -63,3 +63,35 @@ def test_successful_submit_keeps_listing_state() -> None:
     ids = asyncio.run(batch.submit_each(SubmitRuns("exp", 0, runs), {}))
     assert set(ids) == set(created) and len(ids) == 3
     assert batch._listed is True
+
+
+def test_batches_on_one_shared_client_share_its_submit_gate() -> None:
+    """Many batches' waves at once stay within one bound per shared client (its pool of
+    connections), not one bound per wave."""
+    from sierra_operator.runs.prefect_api import PrefectClients
+
+    clients = PrefectClients(submit_concurrency=2)
+    in_flight, peak = 0, 0
+    batches = []
+    for _ in range(3):
+        batch = _batch([], "never")
+        batch.clients = clients  # the batch's own bound (4) is not what applies
+
+        async def create_run(*_: Any, **__: Any) -> UUID:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.02)
+            in_flight -= 1
+            return uuid.uuid4()
+
+        batch._create_run = create_run  # type: ignore[method-assign,assignment]
+        batches.append(batch)
+    runs = tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(4))
+
+    async def all_at_once() -> None:
+        await asyncio.gather(*(b.submit_each(SubmitRuns("exp", 0, runs), {}) for b in batches))
+
+    asyncio.run(all_at_once())
+    assert peak == 2
+    assert clients.submit_gate("http://unused", None) is clients.submit_gate("http://unused", None)

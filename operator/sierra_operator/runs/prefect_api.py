@@ -240,8 +240,17 @@ class PrefectClients:
     on an open one neither reopens nor closes it. Bound to the event loop that opened it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, submit_concurrency: int = 1) -> None:
         self._open: dict[tuple[str, str | None], PrefectClient] = {}
+        self.submit_concurrency = max(1, submit_concurrency)
+        self._gates: dict[tuple[str, str | None], asyncio.Semaphore] = {}
+
+    def submit_gate(self, api_url: str, api_key: str | None) -> asyncio.Semaphore:
+        """The bound on flow-run creates in flight on the shared client for ``api_url`` and
+        ``api_key``, across every batch: a gate per wave would let many batches' waves
+        together exceed the client's 16 connections and fail with httpx.PoolTimeout."""
+        key = (api_url, api_key)
+        return self._gates.setdefault(key, asyncio.Semaphore(self.submit_concurrency))
 
     @asynccontextmanager
     async def get(self, api_url: str, api_key: str | None) -> AsyncIterator[PrefectClient]:
@@ -265,6 +274,7 @@ class PrefectClients:
     async def close(self) -> None:
         """Close every client (at shutdown)."""
         clients, self._open = list(self._open.values()), {}
+        self._gates = {}
         for client in clients:
             await client.__aexit__(None, None, None)
 
@@ -558,7 +568,8 @@ class PrefectBatch:
         A group of one run is that run's flow run (its state is the run's outcome); a larger
         group is a wave of its own, observed through its task runs like local mode's.
 
-        At most :attr:`submit_concurrency` creates are in flight at once: a 1,000-run wave
+        At most :attr:`submit_concurrency` creates are in flight at once (with shared
+        :attr:`clients`: at most theirs, across every batch on that client): a 1,000-run wave
         is submitted in seconds on a PostgreSQL-backed server instead of minutes, without
         more connections than the server can serve. Idempotency keys name batch, experiment,
         (first) run and attempt, so a create retried (by Prefect's client after a 503, or by
@@ -568,7 +579,11 @@ class PrefectBatch:
         after the server may have committed it), and the batch is listed again next
         :meth:`observe`, so a flow run whose id never came back is still found.
         """
-        gate = asyncio.Semaphore(max(1, self.submit_concurrency))
+        gate = (  # shared by every batch on a shared client: its connections are shared
+            self.clients.submit_gate(self.api_url, self.api_key)
+            if self.clients is not None
+            else asyncio.Semaphore(max(1, self.submit_concurrency))
+        )
 
         async def create(client: PrefectClient, runs: tuple[RunAttempt, ...]) -> UUID:
             first = runs[0]
