@@ -62,3 +62,38 @@ def test_a_home_without_its_block_memo_is_not_saved(tmp_path: Path) -> None:
     home = _ready_home(tmp_path / "h", "head-1")
     (home / home_template.MEMO).unlink()
     assert not home_template.save(home)
+
+
+def test_a_home_without_its_own_database_file_is_not_saved(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / home_template.MEMO).write_text('block_auto_registration = "abc"\n')
+    assert not home_template.save(home), "its server used another database"
+    assert not (home / home_template.DATABASE).exists(), "read-only: no empty database made"
+    other = _ready_home(tmp_path / "other", "head-1")
+    (home / home_template.DATABASE).symlink_to(other / home_template.DATABASE)
+    assert not home_template.save(home), "a link is not the home's own database"
+
+
+@pytest.mark.parametrize(
+    "setting", ["PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+)
+def test_a_server_on_another_database_neither_seeds_nor_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    from sierra_operator.local.server import LocalPrefectServer
+
+    assert home_template.save(_ready_home(tmp_path / "first", "head-1"))
+    assert home_template.own_sqlite({})
+    assert not home_template.own_sqlite({setting: "postgresql+asyncpg://db/prefect"})
+    home = tmp_path / "home"
+    home.mkdir()
+    server = LocalPrefectServer(home)
+    server.env[setting] = "postgresql+asyncpg://db/prefect"  # e.g. inherited
+    assert not server._own_sqlite()
+    monkeypatch.setattr(
+        home_template, "seed", lambda home: pytest.fail("seeded for another database")
+    )
+    monkeypatch.setattr("sierra_operator.local.server.ManagedProcess.start", lambda self: None)
+    server.start()
+    assert not server.seeded

@@ -50,7 +50,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         await config.load_kube_config()
     memo.kube_api = client.ApiClient()
     memo.prefect_batches = {}
-    memo.prefect_clients = PrefectClients()
+    # One submit gate per shared client, across batches (see PrefectClients.submit_gate).
+    memo.prefect_clients = PrefectClients(SETTINGS.submit_concurrency)
     memo.images = ImageStage(SETTINGS.docker_host)
 
 

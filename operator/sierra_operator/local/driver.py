@@ -31,7 +31,7 @@ from sierra_operator.core import names
 from sierra_operator.core.machine import Decision, RunObservation, RunPhase, decide, set_condition
 from sierra_operator.core.model import BatchPhase, BatchStatus, Condition, ImageStatus
 from sierra_operator.inputs.loader import LoadedBatch
-from sierra_operator.local.executor import FlowRunExecutor
+from sierra_operator.local.executor import ExecutorExited, FlowRunExecutor
 from sierra_operator.local.progress import ProgressView, summary_table
 from sierra_operator.local.server import LocalPrefectServer, health_ok
 from sierra_operator.runs import ledger
@@ -230,7 +230,10 @@ class LocalRun:
                 )
             )
             assert self.executor is not None
-            self.executor.execute(str(run_id))
+            try:
+                self.executor.execute(str(run_id))
+            except ExecutorExited as exc:  # it died: say so, with its log, not a traceback
+                raise LocalError(str(exc)) from None
         if decision.status != self.status:
             self.status = decision.status
             ledger.write_status(self.loaded.batch_root, self.status)

@@ -63,6 +63,11 @@ STOP_GRACE = 5.0  # within the driver's grace for the executor itself
 _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+class ExecutorExited(RuntimeError):
+    """The executor process is gone: a flow run could not be handed to it (the driver
+    reports this as its LocalError; the message names the executor's log)."""
+
+
 @dataclass
 class FlowRunExecutor(ManagedProcess):
     """The driver's handle on the executor process (started before the server is ready)."""
@@ -81,10 +86,19 @@ class FlowRunExecutor(ManagedProcess):
         )
 
     def execute(self, flow_run_id: str) -> None:
-        """Hand one flow run to the executor; it starts it at once."""
+        """Hand one flow run to the executor; it starts it at once.
+
+        Raises :class:`ExecutorExited` if the executor died (its stdin is a broken pipe),
+        naming its log, rather than a BrokenPipeError traceback."""
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"{flow_run_id}\n".encode())
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(f"{flow_run_id}\n".encode())
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise ExecutorExited(
+                f"the flow-run executor exited ({exc}); see {self.log_path}, which ends:\n"
+                f"{self.log_tail()}"
+            ) from None
         self.submitted.append(flow_run_id)
 
 
@@ -148,13 +162,36 @@ def _execute(flow_run_id: str) -> None:
             run_flow(run_experiment, flow_run=flow_run, error_logger=logger)  # type: ignore[arg-type]
 
 
-def _become_flow_run_process() -> None:
-    """In a forked child: its own process group, default signals, no stdin of ours."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent ``parent_pid`` dies.
+
+    A flow-run process is in its own process group, so an executor SIGKILLed (the OOM
+    killer) would leave it running, unobserved, with nobody to mark it Crashed. If the
+    parent already died before the ``prctl`` (we were re-parented), exit at once. Linux
+    only: elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _become_flow_run_process(parent_pid: int) -> None:
+    """In a forked child: its own process group, default signals, no stdin of ours; dies
+    with the executor ``parent_pid``."""
     os.setpgid(0, 0)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    die_with_parent(parent_pid)
 
 
 def _read_line(fd: int) -> str | None:
@@ -167,13 +204,13 @@ def _read_line(fd: int) -> str | None:
     return data.decode().strip()
 
 
-def _spare(feed: int) -> None:
+def _spare(feed: int, parent_pid: int) -> None:
     """A child forked ahead of need: waits for its flow run's id on ``feed``, executes it,
     exits (without an id: exits 0, the executor is stopping). Never returns."""
     code = 0
     flow_run_id = ""
     try:
-        _become_flow_run_process()
+        _become_flow_run_process(parent_pid)
         flow_run_id = _read_line(feed) or ""
         if flow_run_id:
             os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
@@ -209,10 +246,11 @@ class _Executor:
     def fork_spare(self) -> None:
         """Fork the next flow-run process now, so a flow run does not wait for the fork."""
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(write_end)
-            _spare(read_end)
+            _spare(read_end, parent)
         os.close(read_end)
         self.spare = (pid, write_end)
 
@@ -223,14 +261,17 @@ class _Executor:
                 self.fork_spare()
             assert self.spare is not None
             pid, feed = self.spare
+            # Tracked before it is told: a SIGTERM (KeyboardInterrupt) right after the write
+            # would otherwise leave a flow-run process that stop() and reap() never see.
+            self.children[pid] = flow_run_id
             self.spare = None
             try:
                 os.write(feed, f"{flow_run_id}\n".encode())
             except OSError:  # the spare is gone (killed): a new one takes it
+                del self.children[pid]
                 continue
             finally:
                 os.close(feed)
-            self.children[pid] = flow_run_id
             _say(f"flow run {flow_run_id}: started in process {pid}")
             self.fork_spare()
             return

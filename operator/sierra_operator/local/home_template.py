@@ -17,11 +17,23 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
 DATABASE = "prefect.db"
 MEMO = "memo_store.toml"  # Prefect's record of the block types it registered
+# Either points a server at a database other than its home's SQLite file: such a server's
+# home must neither be seeded (the template says nothing of that database) nor saved.
+DATABASE_URL_SETTINGS = (
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+)
+
+
+def own_sqlite(env: Mapping[str, str]) -> bool:
+    """Whether a server started with ``env`` uses its home's SQLite database."""
+    return not any(env.get(name) for name in DATABASE_URL_SETTINGS)
 
 
 def template_dir() -> Path | None:
@@ -48,9 +60,16 @@ def seed(home: Path) -> bool:
 
 
 def save(home: Path) -> bool:
-    """Keep a snapshot of a just-started server's home as the template (if none yet)."""
+    """Keep a snapshot of a just-started server's home as the template (if none yet).
+
+    Only from a real SQLite home: ``prefect.db`` a regular file (not a link), opened
+    read-only, so a home whose server used another database (no such file) is never saved,
+    and connecting never creates an empty database that would become the template."""
     target = template_dir()
+    database = home / DATABASE
     if target is None or target.exists() or not (home / MEMO).is_file():
+        return False
+    if database.is_symlink() or not database.is_file():
         return False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +77,7 @@ def save(home: Path) -> bool:
     except OSError:
         return False
     try:
-        live = sqlite3.connect(home / DATABASE)
+        live = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
         copy = sqlite3.connect(staging / DATABASE)
         try:
             live.backup(copy)

@@ -179,8 +179,14 @@ class LocalPrefectServer(ManagedProcess):
     def start(self) -> None:
         """Start from the cached ready home if there is one (see home_template); not for
         another database, whose migrations and blocks the cached SQLite home says nothing of."""
-        self.seeded = self.database_url is None and home_template.seed(self.home)
+        self.seeded = self._own_sqlite() and home_template.seed(self.home)
         super().start()
+
+    def _own_sqlite(self) -> bool:
+        """Whether this server uses its home's SQLite database: no ``database_url`` and no
+        database URL in its environment (inherited, say); only then is the home template
+        seeded or saved."""
+        return self.database_url is None and home_template.own_sqlite(self.env)
 
     @property
     def api_url(self) -> str:
@@ -198,7 +204,7 @@ class LocalPrefectServer(ManagedProcess):
                     f"{self.log_tail()}"
                 )
             if health_ok(self.api_url):
-                if not self.seeded and self.database_url is None:
+                if not self.seeded and self._own_sqlite():
                     home_template.save(self.home)  # a SQLite home only
                 return
             time.sleep(0.5)

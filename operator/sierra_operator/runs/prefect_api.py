@@ -79,11 +79,14 @@ FLOW_PHASES = {
     StateType.CANCELLING: RunPhase.RUNNING,
 }
 REASON_CHARS = 800
-SETTLE_GRACE_SECONDS = 15.0
+SETTLE_GRACE_SECONDS = 60.0
 """How long after a wave's flow run ended (failed, crashed, cancelled) its runs whose task
 run is not final yet wait for it in the cluster: task states reach Prefect's database
 asynchronously (events), so a run that completed in a pod that then crashed may still be
-reported COMPLETED. Past this, such a run is failed with the flow run's message."""
+reported COMPLETED. Past this, such a run is failed with the flow run's message, for good.
+A minute, not 15 s: on a loaded server task events lag well past 15 s, and a run that
+succeeded would be settled failed (and run again). The cost: a crashed pod's retry starts
+up to a minute later."""
 _MESSAGE_PREFIXES = (
     "Flow run encountered an exception: ",
     "Task run encountered an exception ",
@@ -237,8 +240,17 @@ class PrefectClients:
     on an open one neither reopens nor closes it. Bound to the event loop that opened it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, submit_concurrency: int = 1) -> None:
         self._open: dict[tuple[str, str | None], PrefectClient] = {}
+        self.submit_concurrency = max(1, submit_concurrency)
+        self._gates: dict[tuple[str, str | None], asyncio.Semaphore] = {}
+
+    def submit_gate(self, api_url: str, api_key: str | None) -> asyncio.Semaphore:
+        """The bound on flow-run creates in flight on the shared client for ``api_url`` and
+        ``api_key``, across every batch: a gate per wave would let many batches' waves
+        together exceed the client's 16 connections and fail with httpx.PoolTimeout."""
+        key = (api_url, api_key)
+        return self._gates.setdefault(key, asyncio.Semaphore(self.submit_concurrency))
 
     @asynccontextmanager
     async def get(self, api_url: str, api_key: str | None) -> AsyncIterator[PrefectClient]:
@@ -262,6 +274,7 @@ class PrefectClients:
     async def close(self) -> None:
         """Close every client (at shutdown)."""
         clients, self._open = list(self._open.values()), {}
+        self._gates = {}
         for client in clients:
             await client.__aexit__(None, None, None)
 
@@ -555,15 +568,22 @@ class PrefectBatch:
         A group of one run is that run's flow run (its state is the run's outcome); a larger
         group is a wave of its own, observed through its task runs like local mode's.
 
-        At most :attr:`submit_concurrency` creates are in flight at once: a 1,000-run wave
+        At most :attr:`submit_concurrency` creates are in flight at once (with shared
+        :attr:`clients`: at most theirs, across every batch on that client): a 1,000-run wave
         is submitted in seconds on a PostgreSQL-backed server instead of minutes, without
         more connections than the server can serve. Idempotency keys name batch, experiment,
         (first) run and attempt, so a create retried (by Prefect's client after a 503, or by
         a restarted operator re-deciding the same wave) never makes a second flow run. Each
         id is remembered as soon as it is created: runs of a wave that failed half-way are
-        still observed next tick.
+        still observed next tick. On a failure the others in flight finish (none is cancelled
+        after the server may have committed it), and the batch is listed again next
+        :meth:`observe`, so a flow run whose id never came back is still found.
         """
-        gate = asyncio.Semaphore(max(1, self.submit_concurrency))
+        gate = (  # shared by every batch on a shared client: its connections are shared
+            self.clients.submit_gate(self.api_url, self.api_key)
+            if self.clients is not None
+            else asyncio.Semaphore(max(1, self.submit_concurrency))
+        )
 
         async def create(client: PrefectClient, runs: tuple[RunAttempt, ...]) -> UUID:
             first = runs[0]
@@ -590,15 +610,25 @@ class PrefectBatch:
 
         async with self.client() as client:
             await self.resolve_deployment()  # once, not raced by every create
+            # Not a TaskGroup: one failed create would cancel the ones in flight, and a
+            # cancelled create may already be committed by the server with its id lost. Every
+            # create finishes; ids that came back are recorded (in ``create``).
             try:
-                async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-                    tasks = [
-                        group.create_task(create(client, packed))
-                        for packed in pack(action.runs, runs_per_pod)
-                    ]
-            except ExceptionGroup as failed:
-                raise failed.exceptions[0] from None  # as a sequential loop would: callers catch it
-        return [task.result() for task in tasks]
+                results = await asyncio.gather(
+                    *(create(client, packed) for packed in pack(action.runs, runs_per_pod)),
+                    return_exceptions=True,
+                )
+            except BaseException:  # cancelled from outside: creates may be committed unseen
+                self._listed = False
+                raise
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            # A create that failed (a timeout, say) may still have been committed: re-list
+            # every flow run of the batch next observe(), so none is missed and its runs are
+            # not packed again under a new key (run twice).
+            self._listed = False
+            raise errors[0]  # as a sequential loop would: callers catch it
+        return [r for r in results if not isinstance(r, BaseException)]
 
     async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
         out: list[FlowRun] = []
