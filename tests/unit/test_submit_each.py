@@ -1,4 +1,9 @@
-"""submit_each with creates in flight: one failure neither loses nor orphans the others."""
+"""submit_each with creates in flight: one failure neither loses nor orphans the others.
+
+The Prefect client is a stand-in here (say so: a mock): the real server cannot be made to
+fail one create while others are in flight on demand. The creates' idempotency and the cap
+on creates in flight against the real server are tested in
+tests/integration/test_prefect_api.py."""
 
 from __future__ import annotations
 
