@@ -119,22 +119,26 @@ def _api(url: str, method: str = "GET", body: dict[str, object] | None = None) -
         return json.loads(resp.read() or b"null")
 
 
-def mark_crashed(api_url: str, flow_run_id: str, message: str) -> None:
+def mark_crashed(api_url: str, flow_run_id: str, message: str) -> bool:
     """Mark a flow run Crashed unless it reached a final state (what a worker does when the
-    flow-run process exits without reporting); best effort, logged."""
+    flow-run process exits without reporting). False when the server could not be told:
+    the caller tries again (:meth:`_Executor.retry_marks`), since nothing else would end
+    that flow run (no heartbeats, no late-runs service on local mode's server)."""
     try:
         run = _api(f"{api_url}/flow_runs/{flow_run_id}")
         state = (run or {}).get("state") or {} if isinstance(run, dict) else {}
         if state.get("type") in _FINAL:
-            return
+            return True
         _api(
             f"{api_url}/flow_runs/{flow_run_id}/set_state",
             "POST",
             {"state": {"type": "CRASHED", "name": "Crashed", "message": message}},
         )
         _say(f"flow run {flow_run_id}: marked Crashed ({message})")
+        return True
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        _say(f"flow run {flow_run_id}: could not mark it Crashed: {exc}")
+        _say(f"flow run {flow_run_id}: could not mark it Crashed yet: {exc}")
+        return False
 
 
 def _execute(flow_run_id: str) -> None:
@@ -238,10 +242,28 @@ def _describe(status: int) -> str:
 class _Executor:
     """Flow-run processes forked from this warm one; one spare is always forked ahead."""
 
+    MARK_RETRY_SECONDS: ClassVar[float] = 2.0
+
     def __init__(self, api_url: str) -> None:
         self.api_url = api_url
         self.children: dict[int, str] = {}
         self.spare: tuple[int, int] | None = None  # (pid, write end of its pipe)
+        # Flow runs whose process died and that the server has not been told of yet:
+        # id -> (message, when to try again).
+        self.unmarked: dict[str, tuple[str, float]] = {}
+
+    def crashed(self, flow_run_id: str, message: str) -> None:
+        """Tell the server the flow run crashed, now or, if it cannot be reached, later."""
+        if not mark_crashed(self.api_url, flow_run_id, message):
+            self.unmarked[flow_run_id] = (message, time.monotonic() + self.MARK_RETRY_SECONDS)
+
+    def retry_marks(self) -> None:
+        """Try again the crash marks that are due (a server answering 503 under load)."""
+        now = time.monotonic()
+        for flow_run_id, (message, due) in list(self.unmarked.items()):
+            if due <= now:
+                del self.unmarked[flow_run_id]
+                self.crashed(flow_run_id, message)
 
     def fork_spare(self) -> None:
         """Fork the next flow-run process now, so a flow run does not wait for the fork."""
@@ -275,7 +297,7 @@ class _Executor:
             _say(f"flow run {flow_run_id}: started in process {pid}")
             self.fork_spare()
             return
-        mark_crashed(self.api_url, flow_run_id, "no flow-run process could be started")
+        self.crashed(flow_run_id, "no flow-run process could be started")
 
     def reap(self) -> None:
         while True:
@@ -293,7 +315,7 @@ class _Executor:
             if flow_run_id is None:
                 continue
             if status != 0:
-                mark_crashed(self.api_url, flow_run_id, _describe(status))
+                self.crashed(flow_run_id, _describe(status))
             _say(f"flow run {flow_run_id}: {_describe(status)}")
 
     def stop(self) -> None:
@@ -322,6 +344,7 @@ class _Executor:
         buffered = b""
         while True:
             self.reap()
+            self.retry_marks()
             ready, _, _ = select.select([0], [], [], 0.05)
             if not ready:
                 continue

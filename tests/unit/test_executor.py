@@ -112,7 +112,58 @@ def test_a_dead_spare_is_not_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
     crashed: list[str] = []
     monkeypatch.setattr(ex, "fork_spare", fork_spare)
     monkeypatch.setattr(mod.os, "write", gone)
-    monkeypatch.setattr(mod, "mark_crashed", lambda url, run, msg: crashed.append(run))
+    monkeypatch.setattr(mod, "mark_crashed", lambda url, run, msg: not crashed.append(run))
     ex.start("run-1")
     assert ex.children == {}
     assert crashed == ["run-1"]
+
+
+def test_a_crash_mark_the_server_refused_is_retried_until_it_lands(monkeypatch) -> None:
+    """Local mode's server runs no late-runs service and flow runs send no heartbeats: a
+    crash the server never heard of would leave the batch waiting for that flow run
+    forever. A real HTTP server on loopback answers 503 twice (SQLite under load), then
+    takes the mark; the executor's serve loop tries again until it lands."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sierra_operator.local import executor as mod
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, code: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            seen.append("GET")
+            if seen.count("GET") <= 2:
+                self._answer(503, {"detail": "busy"})
+            else:
+                self._answer(200, {"state": {"type": "RUNNING"}})
+
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            seen.append(json.loads(self.rfile.read(length))["state"]["type"])
+            self._answer(201, {})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ex = mod._Executor(f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(ex, "MARK_RETRY_SECONDS", 0.0)
+        ex.crashed("run-1", "the flow-run process was killed by signal 9")
+        assert "run-1" in ex.unmarked and "CRASHED" not in seen
+        for _ in range(5):
+            ex.retry_marks()
+        assert ex.unmarked == {}
+        assert seen == ["GET", "GET", "GET", "CRASHED"]
+    finally:
+        server.shutdown()
