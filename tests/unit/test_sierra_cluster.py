@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sierra_operator.core.model import parse_batch
+from sierra_operator.core.model import SpecError, parse_batch
 from sierra_operator.researcher.kubeconfig import ClusterError, Connection
 from sierra_operator.sierra import cluster_stage2
 from sierra_operator.sierra.cluster_stage2 import (
@@ -44,9 +44,11 @@ def test_options_from_sierra_cmdopts() -> None:
             "sierraop_namespace": "lab",
             "sierraop_kube_context": "kind",
             "sierraop_prefect_api_url": "http://prefect:4200/api",
+            "sierraop_runs_per_pod": 4,
         }
     )
     assert opts.stage2.parallelism == 4 and opts.stage2.strict and opts.stage2.retries == 1
+    assert opts.runs_per_pod == 4
     assert (opts.image, opts.claim, opts.namespace, opts.context) == (
         "reg:5000/sim:v2",
         "sierra-root",
@@ -71,6 +73,21 @@ def test_the_batch_document_is_valid_and_mounts_the_claim_at_sierra_root() -> No
     assert (spec.image.repository, spec.image.tag) == ("localhost:5001/sim", "test")
     assert spec.execution.parallelism == 3 and spec.execution.retries == 2
     assert doc["spec"]["prefect"]["apiUrl"] == "http://prefect:4200/api"
+    assert spec.execution.runs_per_pod == 1 and "runsPerPod" not in doc["spec"]["execution"]
+
+
+@pytest.mark.parametrize(("given", "valid"), [(5, True), (0, False), (101, False)])
+def test_runs_per_pod_reaches_the_batch_and_the_model_checks_it(given: int, valid: bool) -> None:
+    """--runs-per-pod becomes execution.runsPerPod; out of range, the model (as the CRD)
+    refuses the document, so stage 2 never creates a batch the API server would reject."""
+    opts = ClusterOptions(Stage2Options(parallelism=2), image="reg/sim:v1", runs_per_pod=given)
+    doc = cluster_document("b", "p/c/s/t/commands.txt", Path("/data/root"), opts)
+    assert doc["spec"]["execution"]["runsPerPod"] == given
+    if valid:
+        assert parse_batch(doc).spec.execution.runs_per_pod == given
+    else:
+        with pytest.raises(SpecError, match="runsPerPod"):
+            parse_batch(doc)
 
 
 @pytest.mark.parametrize("bad", ["localhost:5001/sim", "sim", ":tag", "a/b:c/d"])

@@ -80,6 +80,8 @@ class ClusterOptions:
     namespace: str | None = None
     context: str | None = None
     prefect_api_url: str | None = None
+    runs_per_pod: int = 1
+    """``execution.runsPerPod``: short runs share pods instead of paying a pod start each."""
     pod_timeout: float = 300.0
     operator_timeout: float = 120.0
     poll_seconds: float = 2.0
@@ -96,6 +98,7 @@ class ClusterOptions:
             namespace=cmdopts.get("sierraop_namespace"),
             context=cmdopts.get("sierraop_kube_context"),
             prefect_api_url=cmdopts.get("sierraop_prefect_api_url"),
+            runs_per_pod=int(cmdopts.get("sierraop_runs_per_pod") or 1),
             pod_timeout=float(cmdopts.get("sierraop_pod_timeout") or 300.0),
             operator_timeout=float(cmdopts.get("sierraop_operator_timeout") or 120.0),
         )
@@ -125,6 +128,8 @@ def cluster_document(
     doc["spec"]["sierraRoot"] = {"claimName": opts.claim, "mountPath": str(sierra_root)}
     if opts.prefect_api_url:
         doc["spec"].setdefault("prefect", {})["apiUrl"] = opts.prefect_api_url
+    if opts.runs_per_pod != 1:
+        doc["spec"]["execution"]["runsPerPod"] = opts.runs_per_pod
     return doc
 
 

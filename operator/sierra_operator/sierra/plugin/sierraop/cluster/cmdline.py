@@ -40,6 +40,13 @@ class SierraopClusterCmdline(options.SierraopCmdline):
             "(default: the operator's)." + doc,
         )
         add(
+            "--runs-per-pod",
+            type=int,
+            default=None,
+            help="execution.runsPerPod: runs of one experiment that share a pod (1-100); "
+            "more than 1 saves a pod start per run for short runs (default: 1)." + doc,
+        )
+        add(
             "--pod-timeout",
             type=float,
             default=None,
@@ -66,6 +73,7 @@ def to_cmdopts(args: argparse.Namespace) -> dict[str, Any]:
         sierraop_claim=getattr(args, "claim", None),
         sierraop_namespace=getattr(args, "namespace", None),
         sierraop_kube_context=getattr(args, "kube_context", None),
+        sierraop_runs_per_pod=getattr(args, "runs_per_pod", None),
         sierraop_pod_timeout=getattr(args, "pod_timeout", None),
         sierraop_operator_timeout=getattr(args, "operator_timeout", None),
     )
