@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from sierra_operator.researcher.kubeconfig import ClusterError, Connection
-from sierra_operator.researcher.pod_exec import ExecStreamCut, run_in_pod
+from sierra_operator.researcher.pod_exec import ExecStreamCut
 from sierra_operator.researcher.transfer import with_pod
-from sierra_operator.researcher.transfer_pod import CONTAINER, Target
+from sierra_operator.researcher.transfer_pod import Target, run_script
 from sierra_operator.runs.ledger import run_paths
 
 EXIT_NO_OUTPUT = 66
@@ -118,14 +118,14 @@ async def print_remote(
             err.flush()
 
     async def work(ws_api: Any, pod: str) -> None:
-        command = ["sh", "-c", LOGS_SCRIPT, "sh", path, str(stdout_file), str(stderr_file)]
+        args = [path, str(stdout_file), str(stderr_file)]
         try:
-            outcome = await run_in_pod(
+            outcome = await run_script(
                 ws_api,
-                target.namespace,
+                target,
                 pod,
-                CONTAINER,
-                command,
+                LOGS_SCRIPT,
+                args,
                 stdout=write_out,
                 stderr=write_err,
             )

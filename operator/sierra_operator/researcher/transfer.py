@@ -39,7 +39,7 @@ from sierra_operator.researcher.kubeconfig import (
     one_line,
     unreachable,
 )
-from sierra_operator.researcher.pod_exec import ExecOutcome, ExecStreamCut, run_in_pod
+from sierra_operator.researcher.pod_exec import ExecOutcome, ExecStreamCut
 from sierra_operator.researcher.tar_stream import (
     CHUNK,
     FETCH_STAGING_PREFIX,
@@ -54,7 +54,7 @@ from sierra_operator.researcher.tar_stream import (
     staging_dir,
     write_archive,
 )
-from sierra_operator.researcher.transfer_pod import CONTAINER, Target, transfer_pod
+from sierra_operator.researcher.transfer_pod import Target, run_script, transfer_pod
 
 EXIT_TRANSFER_FAILED = 1
 EXIT_NO_SUCH_PATH = 66
@@ -234,12 +234,12 @@ async def push(
         outcome: ExecOutcome | None = None
         cut: ClusterError | None = None
         try:
-            outcome = await run_in_pod(
+            outcome = await run_script(
                 ws_api,
-                target.namespace,
+                target,
                 pod,
-                CONTAINER,
-                ["sh", "-c", PUSH_SCRIPT, "sh", target.mount_path, stage, *map(str, rels)],
+                PUSH_SCRIPT,
+                [target.mount_path, stage, *map(str, rels)],
                 stdin=_chunks_of(pipe),
                 stdout=ignore,
             )
@@ -313,13 +313,8 @@ async def fetch(
 
         try:
             try:
-                outcome = await run_in_pod(
-                    ws_api,
-                    target.namespace,
-                    pod,
-                    CONTAINER,
-                    ["sh", "-c", FETCH_SCRIPT, "sh", target.mount_path, str(rel)],
-                    stdout=feed,
+                outcome = await run_script(
+                    ws_api, target, pod, FETCH_SCRIPT, [target.mount_path, str(rel)], stdout=feed
                 )
             except TransferError:
                 outcome = None  # the unpacking error, raised below, says what went wrong

@@ -19,13 +19,14 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sierra_operator.core import names
 from sierra_operator.researcher.kubeconfig import ClusterError, forbidden, one_line
+from sierra_operator.researcher.pod_exec import ExecOutcome, run_in_pod
 
 log = logging.getLogger("sierra_operator.transfer")
 
@@ -245,4 +246,29 @@ def _not_deleted(name: str, namespace: str, why: object) -> str:
     return (
         f"could not delete transfer pod {namespace}/{name} ({one_line(why)[:200]}); delete it "
         f"with kubectl delete pod -n {namespace} {name}"
+    )
+
+
+async def run_script(
+    ws_api: Any,
+    target: Target,
+    pod: str,
+    script: str,
+    args: list[str],
+    *,
+    stdout: Callable[[bytes], Awaitable[None]],
+    stdin: AsyncIterator[bytes] | None = None,
+    stderr: Callable[[bytes], Awaitable[None]] | None = None,
+) -> ExecOutcome:
+    """Run one of our shell scripts (push, fetch, logs) with ``args`` in the transfer pod's
+    container (:func:`~sierra_operator.researcher.pod_exec.run_in_pod` streams it)."""
+    return await run_in_pod(
+        ws_api,
+        target.namespace,
+        pod,
+        CONTAINER,
+        ["sh", "-c", script, "sh", *args],
+        stdout=stdout,
+        stdin=stdin,
+        stderr=stderr,
     )
