@@ -60,16 +60,69 @@ def test_three_experiments_serial_runs_parallel_bounded(tmp_path, prefect_api_ur
     assert states == ["COMPLETED"] * 3, "one flow run per experiment, each ended cleanly"
 
 
-def _flow_run_states(api_url: str, batch_root: Path) -> list[str]:
+def _flow_runs(api_url: str, batch_root: Path) -> list:
+    """The batch's flow runs on the test session's server, oldest first."""
     from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.sorting import FlowRunSort
 
-    async def read() -> list[str]:
+    async def read() -> list:
         async with PrefectClient(api=api_url) as client:
-            runs = await client.read_flow_runs(limit=200)
-            mine = [r for r in runs if r.parameters.get("batch_root") == str(batch_root)]
-            return [r.state.type.value for r in mine if r.state is not None]
+            runs = await client.read_flow_runs(limit=200, sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+            return [r for r in runs if r.parameters.get("batch_root") == str(batch_root)]
 
     return asyncio.run(read())
+
+
+def _flow_run_states(api_url: str, batch_root: Path) -> list[str]:
+    return [r.state.type.value for r in _flow_runs(api_url, batch_root) if r.state is not None]
+
+
+def test_the_next_experiment_starts_early_and_waits_at_its_gate(tmp_path, prefect_api_url):
+    """Prefetch: the next experiment's flow run is Running before the current experiment's
+    last run ends (Prefect's start overlaps with it), yet none of its runs starts before
+    then (the gate holds it until the state machine submits that wave)."""
+    batch = write_batch(
+        tmp_path / "b.yaml", "prefetch", [[probe(2.0)] * 2, [probe(0.2)] * 2], parallelism=2
+    )
+    root = tmp_path / "root"
+    proc = run_local(batch, root, prefect_api_url)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    broot = root / "prefetch"
+    spans = intervals(events(broot))
+    first_end = max(end for (x, _, _), (_, end) in spans.items() if x == "c1-exp0")
+    second_start = min(s for (x, _, _), (s, _) in spans.items() if x == "c1-exp1")
+    assert first_end <= second_start, "the gate held c1-exp1 until c1-exp0 had ended"
+    runs = {r.parameters["experiment"]: r for r in _flow_runs(prefect_api_url, broot)}
+    assert sorted(runs) == ["c1-exp0", "c1-exp1"], "one flow run per experiment, none extra"
+    assert runs["c1-exp1"].start_time.timestamp() < first_end, "c1-exp1 was started early"
+    assert [r.state.type.value for r in runs.values()] == ["COMPLETED"] * 2
+    assert status(broot)["runs"]["succeeded"] == 4
+
+
+def test_a_prepared_experiment_is_withdrawn_when_stop_batch_stops(tmp_path, prefect_api_url):
+    """The next experiment was prepared while a run that fails was still executing:
+    StopBatch then withdraws it. It ends Cancelled, runs nothing, and its runs are reported
+    as never started (pending), not as failed attempts."""
+    batch = write_batch(
+        tmp_path / "b.yaml",
+        "withdrawn",
+        [[probe(3.0, fail=True), probe(0.2)], [probe(0.1)]],
+        retries=0,
+        failurePolicy="StopBatch",
+    )
+    root = tmp_path / "root"
+    proc = run_local(batch, root, prefect_api_url)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    broot = root / "withdrawn"
+    assert not [e for e in events(broot) if e.experiment == "c1-exp1"], "nothing of c1-exp1 ran"
+    runs = {r.parameters["experiment"]: r for r in _flow_runs(prefect_api_url, broot)}
+    assert "c1-exp1" in runs, "c1-exp1 was prepared while c1-exp0/run0 executed"
+    assert runs["c1-exp1"].state.type.value == "CANCELLED"
+    assert "withdrawn" in runs["c1-exp1"].state.message
+    st = status(broot)
+    assert st["phase"] == "Failed"
+    assert st["runs"] == {"total": 3, "succeeded": 1, "failed": 1, "running": 0, "pending": 1}
+    assert not (broot / "scratch/sierra-operator/c1-exp1").exists(), "no record, no claim"
 
 
 def _prefect_logs(api_url: str) -> str:

@@ -12,6 +12,7 @@ from sierra_operator.core.machine import (
     RunPhase,
     SubmitRuns,
     decide,
+    next_wave,
     pack,
     pod_shape,
 )
@@ -246,3 +247,56 @@ def test_runs_per_pod_is_bounded_and_defaults_to_one():
     for bad in (0, 101):
         with pytest.raises(ValueError, match="runsPerPod"):
             exec_spec(runsPerPod=bad)
+
+
+# ---------------------------------------------------------------- next_wave (local prefetch)
+
+
+def test_next_wave_is_the_next_experiment_once_the_current_one_is_all_submitted():
+    plan = make_plan(2, 3)
+    obs = {
+        ("c1-exp0", 0): RunObservation(RunPhase.SUCCEEDED),
+        ("c1-exp0", 1): RunObservation(RunPhase.RUNNING),
+    }
+    wave = next_wave(exec_spec(parallelism=2), plan, obs, BatchStatus(), T0)
+    assert wave == SubmitRuns("c1-exp1", 1, tuple(RunAttempt(k, f"run 1 {k}", 1) for k in range(3)))
+    # ... and it is exactly what decide() submits once the running run succeeds.
+    obs[("c1-exp0", 1)] = RunObservation(RunPhase.SUCCEEDED)
+    (action,) = decide(exec_spec(parallelism=2), plan, obs, BatchStatus(), T0).actions
+    assert action.wave_key == wave.wave_key
+
+
+def test_no_next_wave_while_the_current_experiment_has_runs_to_submit_or_retry():
+    plan = make_plan(2, 2)
+    spec = exec_spec(parallelism=2, retries=1)
+    assert next_wave(spec, plan, {}, BatchStatus(), T0) is None  # its own wave comes first
+    retry_due = {
+        ("c1-exp0", 0): RunObservation(RunPhase.FAILED, 1),
+        ("c1-exp0", 1): RunObservation(RunPhase.RUNNING),
+    }
+    assert next_wave(spec, plan, retry_due, BatchStatus(), T0) is None
+
+
+def test_no_next_wave_after_the_last_experiment_or_a_final_failure_under_stop_batch():
+    plan = make_plan(2, 2)
+    last = {**all_of("c1-exp0", 2, RunPhase.SUCCEEDED), **all_of("c1-exp1", 2, RunPhase.RUNNING)}
+    assert next_wave(exec_spec(parallelism=2), plan, last, BatchStatus(), T0) is None
+    failed = {
+        ("c1-exp0", 0): RunObservation(RunPhase.FAILED, 1),
+        ("c1-exp0", 1): RunObservation(RunPhase.RUNNING),
+    }
+    stop = exec_spec(parallelism=2, failurePolicy="StopBatch")
+    assert next_wave(stop, plan, failed, BatchStatus(), T0) is None
+    go_on = exec_spec(parallelism=2, failurePolicy="Continue")
+    wave = next_wave(go_on, plan, failed, BatchStatus(), T0)
+    assert wave is not None and wave.experiment == "c1-exp1"
+
+
+def test_no_next_wave_before_the_current_wave_executes():
+    """Two flow runs starting at once compete for the server: the next is prepared only
+    once a run of the current wave is seen executing (or ended)."""
+    plan = make_plan(2, 2)
+    queued = all_of("c1-exp0", 2, RunPhase.PENDING)
+    assert next_wave(exec_spec(parallelism=2), plan, queued, BatchStatus(), T0) is None
+    queued[("c1-exp0", 0)] = RunObservation(RunPhase.RUNNING)
+    assert next_wave(exec_spec(parallelism=2), plan, queued, BatchStatus(), T0) is not None

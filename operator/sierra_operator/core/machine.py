@@ -306,6 +306,52 @@ def decide(
     return Decision(tuple(actions), status, failed_runs)
 
 
+def next_wave(
+    execution: ExecutionSpec,
+    plan: Plan,
+    observed: Mapping[RunKey, RunObservation],
+    previous: BatchStatus,
+    now: datetime,
+) -> SubmitRuns | None:
+    """The wave :func:`decide` will submit next if the current experiment's active runs
+    all succeed: what local mode prepares ahead, held at a gate, while they execute.
+
+    ``None`` while the current experiment still has runs to submit (its own wave or
+    retries come first) or has not started executing, or when no later wave would follow
+    (the last experiment, a final failure under StopBatch). The answer is a guess about the
+    future that the caller must confirm: it releases the prepared wave only when ``decide``
+    itself returns a :class:`SubmitRuns` with the same :attr:`~SubmitRuns.wave_key` (a
+    retry of the current experiment comes first; a final failure under StopBatch means the
+    prepared wave is withdrawn, never run)."""
+    max_attempts = execution.retries + 1
+    current = next(
+        (
+            exp
+            for exp in plan.experiments
+            if not all(
+                _classify(observed.get((exp.name, r.index)), max_attempts)
+                in (_RunClass.SUCCEEDED, _RunClass.FAILED)
+                for r in exp.runs
+            )
+        ),
+        None,
+    )
+    if current is None:
+        return None
+    classes = [_classify(observed.get((current.name, r.index)), max_attempts) for r in current.runs]
+    if _RunClass.UNSUBMITTED in classes or _RunClass.RETRYABLE in classes:
+        return None
+    if all(c is _RunClass.QUEUED for c in classes):
+        return None  # not executing yet: two flow-run starts at once compete for the server
+    assumed = dict(observed)
+    for run, cls in zip(current.runs, classes, strict=True):
+        if cls in (_RunClass.QUEUED, _RunClass.RUNNING):
+            key = (current.name, run.index)
+            assumed[key] = RunObservation(RunPhase.SUCCEEDED, observed[key].attempts)
+    later = decide(execution, plan, assumed, previous, now).actions
+    return next((a for a in later if a.experiment != current.name), None)
+
+
 def _failed_run(key: RunKey, obs: RunObservation) -> FailedRun:
     return FailedRun(
         experiment=key[0], run=key[1], attempt=obs.attempts, reason=obs.reason, log=obs.log

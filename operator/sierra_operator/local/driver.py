@@ -24,14 +24,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
 
 from rich.console import Console
 
 from sierra_operator.core import names
-from sierra_operator.core.machine import Decision, RunObservation, RunPhase, decide, set_condition
+from sierra_operator.core.machine import (
+    Decision,
+    RunObservation,
+    RunPhase,
+    SubmitRuns,
+    decide,
+    next_wave,
+    set_condition,
+)
 from sierra_operator.core.model import BatchPhase, BatchStatus, Condition, ImageStatus
 from sierra_operator.inputs.loader import LoadedBatch
 from sierra_operator.local.executor import ExecutorExited, FlowRunExecutor
+from sierra_operator.local.prefetch import Prefetch
 from sierra_operator.local.progress import ProgressView, summary_table
 from sierra_operator.local.server import LocalPrefectServer, health_ok
 from sierra_operator.runs import ledger
@@ -109,6 +119,7 @@ class LocalRun:
         self.queue = opts.queue or spec.prefect.work_queue or names.DEFAULT_QUEUE
         self.status = BatchStatus(phase=BatchPhase.PENDING, work_pool=self.pool)
         self.timings: dict[str, float] = {}
+        self.prefetch = Prefetch(self.home / "gates")
         self._loop = asyncio.new_event_loop()
 
     def _await(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -206,42 +217,52 @@ class LocalRun:
         assert self.prefect is not None
         spec = self.loaded.batch.spec
         observed = with_resumed(self._await(self.prefect.observe()), resumed)
+        now = datetime.now(UTC)
         decision = decide(
-            spec.execution,
-            self.loaded.plan,
-            observed,
-            self.status,
-            datetime.now(UTC),
-            suspend=False,
+            spec.execution, self.loaded.plan, observed, self.status, now, suspend=False
         )
         for action in decision.actions:
-            run_id = self._await(
-                self.prefect.submit(
-                    action,
-                    {
-                        "batch_id": self.batch_id,
-                        "batch_root": str(self.loaded.batch_root),
-                        "workdir": str(self.loaded.workdir),
-                        "parallelism": spec.execution.parallelism,
-                        "timeout_seconds": spec.execution.run_timeout_seconds,
-                        # SIERRA batches: nothing of ours under exp-outputs/
-                        "run_output": spec.experiments is not None,
-                    },
-                )
-            )
-            assert self.executor is not None
-            try:
-                self.executor.execute(str(run_id))
-            except ExecutorExited as exc:  # it died: say so, with its log, not a traceback
-                raise LocalError(str(exc)) from None
+            if not self.prefetch.release(action, self.prefect):
+                self._start(action)
         if decision.status != self.status:
             self.status = decision.status
             ledger.write_status(self.loaded.batch_root, self.status)
+        if decision.done:
+            self.prefetch.withdraw()
+        elif not decision.actions:
+            wave = next_wave(spec.execution, self.loaded.plan, observed, self.status, now)
+            if wave is not None and self.prefetch.held is None:
+                gate = self.prefetch.gate_for(wave)
+                self.prefetch.hold(wave, self._start(wave, gate))
         return decision
+
+    def _start(self, action: SubmitRuns, gate: Path | None = None) -> UUID:
+        """Create the wave's flow run and hand it to the executor; with ``gate``, a
+        prepared wave (:mod:`~sierra_operator.local.prefetch`) that waits there."""
+        assert self.prefect is not None and self.executor is not None
+        spec = self.loaded.batch.spec
+        parameters: dict[str, Any] = {
+            "batch_id": self.batch_id,
+            "batch_root": str(self.loaded.batch_root),
+            "workdir": str(self.loaded.workdir),
+            "parallelism": spec.execution.parallelism,
+            "timeout_seconds": spec.execution.run_timeout_seconds,
+            # SIERRA batches: nothing of ours under exp-outputs/
+            "run_output": spec.experiments is not None,
+        }
+        if gate is not None:
+            parameters["gate"] = str(gate)
+        run_id = self._await(self.prefect.submit(action, parameters, prepared=gate is not None))
+        try:
+            self.executor.execute(str(run_id))
+        except ExecutorExited as exc:  # it died: say so, with its log, not a traceback
+            raise LocalError(str(exc)) from None
+        return run_id
 
     def interrupt(self) -> None:
         """Stop our flow runs (the executor stops their processes, which kill their
         commands), mark them Cancelled and record the batch as Interrupted (records stay)."""
+        self.prefetch.withdraw()
         if self.executor is not None:
             self.executor.stop()
         if self.prefect is not None:
@@ -324,8 +345,10 @@ class LocalRun:
                 time.sleep(self.opts.poll_interval)
             self.timings["execution"] = time.monotonic() - t0
             t0 = time.monotonic()
-            # Runs are final; let their flow runs report themselves before the executor stops.
-            if self.prefect is not None:
+            # Runs are final (their records are written). On a shared server, let their flow
+            # runs report themselves before the executor stops; our own server's database
+            # is thrown away with its home: nobody would read what they report.
+            if self.prefect is not None and self.server is None:
                 self._await(self.prefect.wait_idle())
         except KeyboardInterrupt:
             view.close()

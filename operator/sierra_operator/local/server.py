@@ -134,6 +134,9 @@ IDLE_SERVICES = (
 )
 
 
+HEALTH_POLL_SECONDS = 0.1  # a health check costs the starting server next to nothing
+
+
 class LocalPrefectServer(ManagedProcess):
     """`prefect server start` on 127.0.0.1:<free port> with its own PREFECT_HOME.
 
@@ -180,6 +183,16 @@ class LocalPrefectServer(ManagedProcess):
         """Start from the cached ready home if there is one (see home_template); not for
         another database, whose migrations and blocks the cached SQLite home says nothing of."""
         self.seeded = self._own_sqlite() and home_template.seed(self.home)
+        if self.seeded:
+            # The template's database has every block type of this Prefect registered.
+            # Prefect's memo of that never matches here (it hashes the database URL, which
+            # names this new home), so it would import every installed collection
+            # (prefect-kubernetes: the Kubernetes client) and register them all again:
+            # ~1 s of the server's start on a 2-core machine.
+            self.env.update(
+                PREFECT_SERVER_REGISTER_BLOCKS_ON_START="false",
+                PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
+            )
         super().start()
 
     def _own_sqlite(self) -> bool:
@@ -207,7 +220,7 @@ class LocalPrefectServer(ManagedProcess):
                 if not self.seeded and self._own_sqlite():
                     home_template.save(self.home)  # a SQLite home only
                 return
-            time.sleep(0.5)
+            time.sleep(HEALTH_POLL_SECONDS)
         self.stop()
         raise ServerStartError(
             f"the Prefect server did not answer {self.api_url}/health within {timeout:.0f}s; "

@@ -27,13 +27,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sierra_operator.core import names
 from sierra_operator.core.plan import PlannedRun, plan_to_json
 from sierra_operator.inputs.loader import plan_from_commands_file
+from sierra_operator.runs.gate import wait_at_gate
 from sierra_operator.runs.ledger import (
     AttemptRefused,
     RunRecord,
@@ -229,8 +232,12 @@ def run_experiment(
     parallelism: int,
     timeout_seconds: int | None = None,
     run_output: bool = True,
-) -> dict[str, int]:
+    gate: str | None = None,
+) -> dict[str, int] | State:
     """Execute one wave of an experiment: ``runs`` is a list of {index, command, attempt}.
+
+    ``gate`` (local mode's prefetch, :mod:`~sierra_operator.runs.gate`): wait there before
+    anything is claimed or executed; a withdrawn wave ends Cancelled having run nothing.
 
     A flow run executes once: if Prefect runs it again (a Job that replaced a deleted pod runs
     `prefect flow-run execute` for the same flow run; Prefect accepts Crashed -> Running), it
@@ -244,6 +251,8 @@ def run_experiment(
             f"(run_count {run_count}); each attempt executes at most once, so nothing was "
             "executed or written: the operator retries the run as a new attempt"
         )
+    if gate is not None and not wait_at_gate(Path(gate)):
+        return Cancelled(message=f"{experiment}: withdrawn before it started; nothing was run")
     futures: list[PrefectFuture[int]] = []
     runner: ThreadPoolTaskRunner[PrefectFuture[int]]
     with ThreadPoolTaskRunner(max_workers=parallelism) as runner:

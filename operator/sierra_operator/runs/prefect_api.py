@@ -310,6 +310,8 @@ class PrefectBatch:
     _observed: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
     _unsettled: set[UUID] = field(default_factory=set)
     _listed: bool = False  # every flow run of the batch read once
+    # Prepared flow runs (local mode) whose gate has not opened: observed, not reported.
+    _hidden: set[UUID] = field(default_factory=set)
     flow_runs_read: int = 0  # flow runs read by observe() so far (what it costs Prefect)
     # Which flow run executes (experiment, run, attempt): to stop an attempt for good.
     attempt_flow_runs: dict[tuple[str, int, int], UUID] = field(default_factory=dict)
@@ -539,9 +541,17 @@ class PrefectBatch:
         )
         return created.id
 
-    async def submit(self, action: SubmitRuns, parameters: dict[str, Any]) -> UUID:
-        """Create the flow run of one wave; the idempotency key makes a repeat a no-op."""
+    async def submit(
+        self, action: SubmitRuns, parameters: dict[str, Any], *, prepared: bool = False
+    ) -> UUID:
+        """Create the flow run of one wave; the idempotency key makes a repeat a no-op.
+
+        ``prepared``: a wave made ahead, held at a gate (``parameters["gate"]``): its own
+        key, so the same wave submitted for real later (the prepared one died, say) is a
+        new flow run, and hidden from :meth:`observe` until :meth:`reveal` (until its gate
+        opens, its runs are not submitted as far as the state machine knows)."""
         first_attempt = min(r.attempt for r in action.runs)
+        key = f"{self.batch_id}/{action.wave_key}" + ("/prepared" if prepared else "")
         async with self.client() as client:
             run_id = await self._create_run(
                 client,
@@ -550,10 +560,21 @@ class PrefectBatch:
                 parameters,
                 name=names.wave_flow_run_name(action.experiment, first_attempt),
                 tags=[],
-                key=hashlib.sha256(f"{self.batch_id}/{action.wave_key}".encode()).hexdigest(),
+                key=hashlib.sha256(key.encode()).hexdigest(),
             )
+        if prepared:
+            self._hidden.add(run_id)
         self._unsettled.add(run_id)
         return run_id
+
+    def reveal(self, flow_run_id: UUID) -> None:
+        """A prepared flow run's gate opened: its runs count from the next observe on."""
+        self._hidden.discard(flow_run_id)
+
+    def ended(self, flow_run_id: UUID) -> bool:
+        """Whether the flow run was last observed final (a prepared one that died before
+        its gate opened must not be released: its wave is submitted anew)."""
+        return flow_run_id in self._final
 
     async def submit_each(
         self,
@@ -694,7 +715,9 @@ class PrefectBatch:
             for key, (attempt, _) in observations.items():
                 self.attempt_flow_runs[(*key, attempt)] = fr.id
         latest: dict[RunKey, tuple[int, RunObservation]] = {}
-        for observations in self._observed.values():
+        for flow_run_id, observations in self._observed.items():
+            if flow_run_id in self._hidden:
+                continue
             for key, (attempt, obs) in observations.items():
                 if key not in latest or attempt > latest[key][0]:
                     latest[key] = (attempt, obs)
