@@ -43,6 +43,7 @@ from sierra_operator.inputs.loader import LoadedBatch
 from sierra_operator.local.executor import ExecutorExited, FlowRunExecutor
 from sierra_operator.local.prefetch import Prefetch
 from sierra_operator.local.progress import ProgressView, summary_table
+from sierra_operator.local.record_watch import RecordWatch
 from sierra_operator.local.server import LocalPrefectServer, health_ok
 from sierra_operator.runs import ledger
 
@@ -72,7 +73,9 @@ class LocalOptions:
     workers: int | None = None
     resume: bool = False
     server_timeout: float = 300.0
-    poll_interval: float = 0.1  # an observe() costs two light API reads
+    # Prefect is observed when a run of the current experiment starts or ends (its files
+    # appear: record_watch), and at least this often (what only Prefect knows).
+    poll_interval: float = 0.5
 
 
 @dataclass
@@ -120,6 +123,7 @@ class LocalRun:
         self.status = BatchStatus(phase=BatchPhase.PENDING, work_pool=self.pool)
         self.timings: dict[str, float] = {}
         self.prefetch = Prefetch(self.home / "gates")
+        self.watch = RecordWatch()
         self._loop = asyncio.new_event_loop()
 
     def _await(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -198,7 +202,7 @@ class LocalRun:
         from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch
 
         self.prefect = PrefectBatch(
-            api_url, self.batch_id, self.pool, self.queue, read_records=True
+            api_url, self.batch_id, self.pool, self.queue, read_records=True, _listed=True
         )
         template = ProcessWorker.get_default_base_job_template()
         try:
@@ -293,7 +297,7 @@ class LocalRun:
     def shutdown(self) -> None:
         """Stop what we started, in order: executor, Prefect objects, server, temp home."""
         if self.executor is not None:
-            self.executor.stop()
+            self.executor.finish()  # after interrupt(): stopped already, nothing to do
         # Our own server's database goes with its home: only a shared server is cleaned up.
         if self.prefect is not None and self.server is None:
             try:
@@ -336,13 +340,14 @@ class LocalRun:
             self.provision(api_url)
             self.timings["provisioning"] = time.monotonic() - t0
             t0 = time.monotonic()
+            alive = self.check_workers
             while True:
                 decision = self.tick(resumed)
                 view.update(decision.status)
                 if decision.done and not decision.actions:
                     break
                 self.check_workers()
-                time.sleep(self.opts.poll_interval)
+                self.watch.wait(self._current_dir(decision), self.opts.poll_interval, alive)
             self.timings["execution"] = time.monotonic() - t0
             t0 = time.monotonic()
             # Runs are final (their records are written). On a shared server, let their flow
@@ -365,6 +370,11 @@ class LocalRun:
         return LocalResult(
             decision.status, decision.failed_runs, code, self._status_path(), self.timings
         )
+
+    def _current_dir(self, decision: Decision) -> Path | None:
+        """Where the current experiment's runs write their files (what the loop watches)."""
+        name = decision.status.current_experiment_name
+        return ledger.state_dir(self.loaded.batch_root) / name if name else None
 
     def _status_path(self) -> Path:
         return ledger.state_dir(self.loaded.batch_root) / names.STATUS_FILE

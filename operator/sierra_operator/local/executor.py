@@ -10,9 +10,10 @@ prefect.engine``, the command a process worker runs) with everything already imp
 
 Semantics kept from the process worker: each flow run executes in its own process (its own
 process group); a flow-run process that dies without reporting (SIGKILL, OOM) has its flow
-run marked Crashed, so the driver retries its runs; SIGTERM (or the driver closing our
-stdin) stops every flow-run process with SIGTERM (Prefect's engine then kills the run
-commands, see ``flows.kill_live_runs``), then SIGKILL after a grace period. The parent
+run marked Crashed, so the driver retries its runs; SIGTERM stops every flow-run process
+with SIGTERM (Prefect's engine then kills the run commands, see ``flows.kill_live_runs``),
+then SIGKILL after a grace period. The driver closing our stdin means its batch ended:
+flow-run processes are given :data:`DRAIN_GRACE` to end on their own first. The parent
 process never talks to Prefect through Prefect's client (no threads before a fork): its one
 API call, marking a dead flow run Crashed, is plain HTTP.
 
@@ -27,6 +28,7 @@ import json
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -60,6 +62,7 @@ LAZY_IMPORTS = (
 )
 READY = "ready"  # the line the executor prints once its imports are done
 STOP_GRACE = 5.0  # within the driver's grace for the executor itself
+DRAIN_GRACE = 10.0  # flow runs reporting their end, once the batch has ended
 _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -100,6 +103,20 @@ class FlowRunExecutor(ManagedProcess):
                 f"{self.log_tail()}"
             ) from None
         self.submitted.append(flow_run_id)
+
+    def finish(self) -> None:
+        """The batch ended: close the executor's stdin so it lets its flow-run processes
+        end on their own (:data:`DRAIN_GRACE`), wait for it, then :meth:`stop` whatever is
+        left. Unlike a SIGTERM, this does not interrupt a flow run reporting its end."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=DRAIN_GRACE + STOP_GRACE + 5.0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.stop()
 
 
 # ------------------------------------------------------------------- the executor process
@@ -339,7 +356,8 @@ class _Executor:
                 self.crashed(flow_run_id, _describe(status))
             _say(f"flow run {flow_run_id}: {_describe(status)}")
 
-    def stop(self) -> None:
+    def stop_spare(self) -> None:
+        """End the spare flow-run process (it has no flow run)."""
         if self.spare is not None:
             pid, feed = self.spare
             os.close(feed)  # it exits on EOF; the kill is for one that is not reading yet
@@ -348,6 +366,11 @@ class _Executor:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def stop(self) -> None:
+        """SIGTERM every flow-run process (Prefect's engine kills their commands), then
+        SIGKILL what is left after :data:`STOP_GRACE`."""
+        self.stop_spare()
         for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5.0)):
             for pid in list(self.children):
                 try:
@@ -361,7 +384,19 @@ class _Executor:
             if not self.children:
                 return
 
+    def drain(self, grace: float) -> None:
+        """Let flow-run processes end on their own, for up to ``grace`` seconds: the driver
+        is done, their runs are final and they are reporting so (a SIGTERM now would
+        interrupt that, and Prefect's handling of it is slow)."""
+        self.stop_spare()
+        deadline = time.monotonic() + grace
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            self.retry_marks()
+            time.sleep(0.02)
+
     def serve(self) -> None:
+        """Start the flow runs named on stdin until it ends (the driver is done, or gone)."""
         buffered = b""
         while True:
             self.reap()
@@ -370,7 +405,7 @@ class _Executor:
             if not ready:
                 continue
             chunk = os.read(0, 4096)
-            if not chunk:  # the driver closed our stdin: it is done, or gone
+            if not chunk:
                 return
             buffered += chunk
             *lines, buffered = buffered.split(b"\n")
@@ -402,8 +437,9 @@ def main() -> None:
     executor.fork_spare()
     _say(READY)
     try:
-        executor.serve()
-    except KeyboardInterrupt:
+        executor.serve()  # returns when the driver closes our stdin: its batch has ended
+        executor.drain(DRAIN_GRACE)
+    except KeyboardInterrupt:  # SIGTERM: stop now
         pass
     finally:
         executor.stop()

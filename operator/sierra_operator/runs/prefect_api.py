@@ -309,7 +309,9 @@ class PrefectBatch:
     # The last observations of every flow run of the batch, and which may still change.
     _observed: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
     _unsettled: set[UUID] = field(default_factory=set)
-    _listed: bool = False  # every flow run of the batch read once
+    # Every flow run of the batch read once. Local mode sets it from the start: its batch
+    # id is new (one per invocation), so there is nothing to list yet.
+    _listed: bool = False
     # Prepared flow runs (local mode) whose gate has not opened: observed, not reported.
     _hidden: set[UUID] = field(default_factory=set)
     flow_runs_read: int = 0  # flow runs read by observe() so far (what it costs Prefect)
@@ -411,15 +413,15 @@ class PrefectBatch:
     ) -> UUID:
         """Deployment of the experiment flow, imported by module path in the run process.
 
-        With ``pool_template``, the pool and queue are made first (:meth:`ensure_pool`) while
-        the flow is registered (local mode: one round trip less before the first run)."""
+        With ``pool_template``, the pool and queue are made first (:meth:`ensure_pool`). One
+        write after the other: two at once on a SQLite server can be refused ("database is
+        locked", 503), which Prefect's client retries only after 2 s."""
         from sierra_operator.runs.flows import run_experiment
 
         async with self.client() as client:
-            flow_id, _ = await asyncio.gather(
-                client.create_flow(run_experiment),
-                self.ensure_pool(pool_template) if pool_template is not None else asyncio.sleep(0),
-            )
+            if pool_template is not None:
+                await self.ensure_pool(pool_template)
+            flow_id = await client.create_flow(run_experiment)
             self.deployment_id = await self._create_deployment(
                 client, flow_id, self.deployment_name, names.FLOW_ENTRYPOINT, working_directory
             )
