@@ -324,3 +324,42 @@ def test_sierra_batch_leaves_only_what_sierra_expects(tmp_path, prefect_api_url)
     again = run_local(batch, root, prefect_api_url, "--resume")
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(intervals(events(batch_dir))) == 4, "--resume re-ran nothing"
+
+
+def test_a_flow_run_cancelled_in_prefect_stops_its_runs(tmp_path, prefect_api_url):
+    """Cancelling a flow run in Prefect (the UI's button, `prefect flow-run cancel`: its
+    state becomes Cancelling) stops its run commands within seconds, as a worker would; the
+    flow run ends Cancelled and its runs count as failed attempts, named in the summary."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.states import Cancelling
+
+    batch = write_batch(tmp_path / "b.yaml", "cancelled", [[probe(120.0), probe(0.1)]], retries=0)
+    root = tmp_path / "root"
+    broot = root / "cancelled"
+    proc = start_local(batch, root, prefect_api_url)
+    try:
+        _wait_for(
+            lambda: any(e.kind == "end" and e.run == 1 for e in events(broot)),
+            180,
+            "the short run to end while the long one executes",
+        )
+        (flow_run,) = _flow_runs(prefect_api_url, broot)
+
+        async def cancel() -> None:
+            async with PrefectClient(api=prefect_api_url) as client:
+                await client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+
+        asked = time.monotonic()
+        asyncio.run(cancel())
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - asked < 30, "stopped within seconds, not after the 120 s run"
+    assert proc.returncode == 1, out
+    assert "failed runs: c1-exp0/run0" in out
+    assert not [e for e in events(broot) if e.kind == "end" and e.run == 0], "run0 was killed"
+    (flow_run,) = _flow_runs(prefect_api_url, broot)
+    assert flow_run.state.type.value == "CANCELLED"
+    st = status(broot)
+    assert st["runs"]["succeeded"] == 1 and st["runs"]["failed"] == 1

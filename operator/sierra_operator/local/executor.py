@@ -12,7 +12,9 @@ Semantics kept from the process worker: each flow run executes in its own proces
 process group); a flow-run process that dies without reporting (SIGKILL, OOM) has its flow
 run marked Crashed, so the driver retries its runs; SIGTERM stops every flow-run process
 with SIGTERM (Prefect's engine then kills the run commands, see ``flows.kill_live_runs``),
-then SIGKILL after a grace period. The driver closing our stdin means its batch ended:
+then SIGKILL after a grace period; a flow run someone asks Prefect to cancel (the UI,
+``prefect flow-run cancel``: state Cancelling) has its process stopped the same way and is
+marked Cancelled. The driver closing our stdin means its batch ended:
 flow-run processes are given :data:`DRAIN_GRACE` to end on their own first. The parent
 process never talks to Prefect through Prefect's client (no threads before a fork): its one
 API call, marking a dead flow run Crashed, is plain HTTP.
@@ -277,10 +279,60 @@ def _describe(status: int) -> str:
     return f"the flow-run process exited with code {os.waitstatus_to_exitcode(status)}"
 
 
+def cancelling(api_url: str, flow_run_ids: list[str]) -> set[str]:
+    """Which of ``flow_run_ids`` someone asked Prefect to cancel (state Cancelling: the UI's
+    or ``prefect flow-run cancel``'s request, which a worker carries out). One request for
+    all of them; nothing if the server cannot be reached now (asked again later)."""
+    try:
+        found = _api(
+            f"{api_url}/flow_runs/filter",
+            "POST",
+            {
+                "flow_runs": {
+                    "id": {"any_": flow_run_ids},
+                    "state": {"type": {"any_": ["CANCELLING"]}},
+                },
+                "limit": len(flow_run_ids),
+            },
+        )
+    except (urllib.error.URLError, OSError, ValueError):
+        return set()
+    return {str(run["id"]) for run in found} if isinstance(found, list) else set()
+
+
+def mark_cancelled(api_url: str, flow_run_id: str) -> bool:
+    """Finish a cancellation the way a worker does: the process is gone, the flow run is
+    Cancelled, also over the Crashed its engine reported on our SIGTERM (not if it had
+    completed or failed first). False if the server could not be told."""
+    try:
+        run = _api(f"{api_url}/flow_runs/{flow_run_id}")
+        state = (run or {}).get("state") or {} if isinstance(run, dict) else {}
+        if state.get("type") in _FINAL - {"CRASHED"}:
+            return True
+        _api(
+            f"{api_url}/flow_runs/{flow_run_id}/set_state",
+            "POST",
+            {
+                "state": {
+                    "type": "CANCELLED",
+                    "name": "Cancelled",
+                    "message": "cancelled on request; its runs were stopped",
+                },
+                "force": True,
+            },
+        )
+        _say(f"flow run {flow_run_id}: marked Cancelled")
+        return True
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        _say(f"flow run {flow_run_id}: could not mark it Cancelled yet: {exc}")
+        return False
+
+
 class _Executor:
     """Flow-run processes forked from this warm one; one spare is always forked ahead."""
 
     MARK_RETRY_SECONDS: ClassVar[float] = 2.0
+    CANCEL_POLL_SECONDS: ClassVar[float] = 1.0
 
     def __init__(self, api_url: str) -> None:
         self.api_url = api_url
@@ -289,11 +341,31 @@ class _Executor:
         # Flow runs whose process died and that the server has not been told of yet:
         # id -> (message, when to try again).
         self.unmarked: dict[str, tuple[str, float]] = {}
+        self.cancelled: set[str] = set()  # flow runs stopped because cancelling was asked
+        self.next_cancel_poll = 0.0
 
     def crashed(self, flow_run_id: str, message: str) -> None:
         """Tell the server the flow run crashed, now or, if it cannot be reached, later."""
         if not mark_crashed(self.api_url, flow_run_id, message):
             self.unmarked[flow_run_id] = (message, time.monotonic() + self.MARK_RETRY_SECONDS)
+
+    def watch_cancelling(self) -> None:
+        """Stop the processes of flow runs someone asked to cancel (SIGTERM: Prefect's
+        engine kills their run commands). At most once a second, only while flow runs
+        execute: an idle executor asks the server nothing."""
+        now = time.monotonic()
+        if not self.children or now < self.next_cancel_poll:
+            return
+        self.next_cancel_poll = now + self.CANCEL_POLL_SECONDS
+        asked = cancelling(self.api_url, sorted(set(self.children.values()) - self.cancelled))
+        for pid, flow_run_id in list(self.children.items()):
+            if flow_run_id in asked:
+                self.cancelled.add(flow_run_id)
+                _say(f"flow run {flow_run_id}: cancelling was asked; stopping process {pid}")
+                try:
+                    os.killpg(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     def retry_marks(self) -> None:
         """Try again the crash marks that are due (a server answering 503 under load)."""
@@ -352,9 +424,13 @@ class _Executor:
             flow_run_id = self.children.pop(pid, None)
             if flow_run_id is None:
                 continue
-            if status != 0:
-                self.crashed(flow_run_id, _describe(status))
             _say(f"flow run {flow_run_id}: {_describe(status)}")
+            if flow_run_id in self.cancelled:
+                self.cancelled.discard(flow_run_id)
+                if not mark_cancelled(self.api_url, flow_run_id):
+                    self.crashed(flow_run_id, "cancelled on request; its runs were stopped")
+            elif status != 0:
+                self.crashed(flow_run_id, _describe(status))
 
     def stop_spare(self) -> None:
         """End the spare flow-run process (it has no flow run)."""
@@ -401,6 +477,7 @@ class _Executor:
         while True:
             self.reap()
             self.retry_marks()
+            self.watch_cancelling()
             ready, _, _ = select.select([0], [], [], 0.05)
             if not ready:
                 continue
