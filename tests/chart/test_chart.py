@@ -315,6 +315,15 @@ def test_one_non_root_user_across_image_chart_and_worker_pods() -> None:
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == RUN_AS_USER
 
 
+def test_the_prefect_server_is_ready_only_when_it_reaches_its_database() -> None:
+    """Readiness is Prefect's /api/ready (200 only when the database answers), liveness its
+    /api/health (the process serves): a server whose PostgreSQL is away gets no traffic but
+    is not restarted for it."""
+    server = prefect_server_container(render())
+    assert server["readinessProbe"]["httpGet"]["path"] == "/api/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/api/health"
+
+
 def prefect_server_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (container,) = [
         c

@@ -196,7 +196,8 @@ class LocalRun:
         self.executor.start()
 
     def provision(self, api_url: str) -> None:
-        """Pool, queue and deployment (the flow runs' home on Prefect)."""
+        """Pool, queue and deployment (the flow runs' home on Prefect) on a shared server;
+        on our own private one only the flow (:meth:`PrefectBatch.ensure_flow`)."""
         from prefect.workers.process import ProcessWorker
 
         from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch
@@ -204,6 +205,10 @@ class LocalRun:
         self.prefect = PrefectBatch(
             api_url, self.batch_id, self.pool, self.queue, read_records=True, _listed=True
         )
+        if self.server is not None:  # our own: only the executor runs its flow runs
+            self._await(self.prefect.ensure_flow())
+            self.status = self.status.model_copy(update={"work_pool": None})
+            return
         template = ProcessWorker.get_default_base_job_template()
         try:
             self._await(self.prefect.ensure_deployment(str(self.loaded.workdir), template))

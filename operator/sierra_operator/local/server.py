@@ -212,7 +212,11 @@ class LocalPrefectServer(ManagedProcess):
         return f"http://127.0.0.1:{self.port}/api"
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll /api/health until it answers; fail clearly on exit or after ``timeout``."""
+        """Poll /api/ready until it answers; fail clearly on exit or after ``timeout``.
+
+        Prefect's readiness check, not /api/health: it answers once the server reaches its
+        database, which opens the server's database engine (~0.25 s on a 2-core machine)
+        as part of the start rather than of the batch's first request."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
@@ -221,23 +225,24 @@ class LocalPrefectServer(ManagedProcess):
                     f"before answering on {self.api_url}; its log ({self.log_path}) ends:\n"
                     f"{self.log_tail()}"
                 )
-            if health_ok(self.api_url):
+            if health_ok(self.api_url, "ready"):
                 if not self.seeded and self._own_sqlite():
                     home_template.save(self.home)  # a SQLite home only
                 return
             time.sleep(HEALTH_POLL_SECONDS)
         self.stop()
         raise ServerStartError(
-            f"the Prefect server did not answer {self.api_url}/health within {timeout:.0f}s; "
+            f"the Prefect server did not answer {self.api_url}/ready within {timeout:.0f}s; "
             f"raise --server-timeout on a slow machine, or use an existing server with "
             f"--prefect-api-url. Its log ({self.log_path}) ends:\n{self.log_tail()}"
         )
 
 
-def health_ok(api_url: str) -> bool:
-    """True if the Prefect API at ``api_url`` answers its health check."""
+def health_ok(api_url: str, check: str = "health") -> bool:
+    """True if the Prefect API at ``api_url`` answers its ``check`` (``health``: it is up;
+    ``ready``: it also reaches its database)."""
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
+        with urllib.request.urlopen(f"{api_url}/{check}", timeout=2) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False

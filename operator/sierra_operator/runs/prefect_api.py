@@ -20,7 +20,12 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.actions import (
+    DeploymentUpdate,
+    FlowRunCreate,
+    WorkPoolCreate,
+    WorkPoolUpdate,
+)
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -32,7 +37,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, Scheduled, to_state_create
 
 from sierra_operator.core import names
 from sierra_operator.core.machine import (
@@ -304,6 +309,8 @@ class PrefectBatch:
     api_key: str | None = field(default=None, repr=False)
     _key_read_at: float | None = field(default=None, repr=False)
     deployment_id: UUID | None = None
+    # Local mode's private server (see :meth:`ensure_flow`): flow runs of the flow itself.
+    flow_id: UUID | None = None
     # Flow runs already final, with the observations they gave: never read again.
     _final: dict[UUID, dict[RunKey, tuple[int, RunObservation]]] = field(default_factory=dict)
     # The last observations of every flow run of the batch, and which may still change.
@@ -528,6 +535,10 @@ class PrefectBatch:
         key: str,
     ) -> UUID:
         """One flow run of the experiment flow executing ``runs``; ``key`` makes it idempotent."""
+        if self.flow_id is not None and self.deployment_id is None:
+            return await self._create_direct_run(
+                client, experiment, runs, parameters, name=name, tags=tags, key=key
+            )
         created = await client.create_flow_run_from_deployment(
             await self.resolve_deployment(),
             parameters={
@@ -542,6 +553,52 @@ class PrefectBatch:
             idempotency_key=key,
         )
         return created.id
+
+    async def _create_direct_run(
+        self,
+        client: PrefectClient,
+        experiment: str,
+        runs: tuple[RunAttempt, ...],
+        parameters: dict[str, Any],
+        *,
+        name: str,
+        tags: list[str],
+        key: str,
+    ) -> UUID:
+        """A flow run of the flow itself (no deployment, pool or queue: see
+        :meth:`ensure_flow`), with the same parameters, tags and idempotency key."""
+        assert self.flow_id is not None
+        create = FlowRunCreate(
+            flow_id=self.flow_id,
+            name=name,
+            parameters={
+                **parameters,
+                "experiment": experiment,
+                "runs": [
+                    {"index": r.index, "command": r.command, "attempt": r.attempt} for r in runs
+                ],
+            },
+            tags=[names.batch_tag(self.batch_id), names.experiment_tag(experiment), *tags],
+            idempotency_key=key,
+            state=to_state_create(Scheduled()),
+        )
+        response = await client.request(
+            "POST", "/flow_runs/", json=create.model_dump(mode="json", exclude_unset=True)
+        )
+        return UUID(response.json()["id"])
+
+    async def ensure_flow(self) -> UUID:
+        """Register only the experiment flow (local mode on its own private server).
+
+        Local mode's executor is handed each flow run's id and runs the flow itself: no
+        worker polls a pool, nothing reads a deployment, and the private server (no UI) is
+        thrown away with its home. Flow runs of the flow itself spare the pool, queue and
+        deployment writes before the first run (4 of the 5 requests of provisioning)."""
+        from sierra_operator.runs.flows import run_experiment
+
+        async with self.client() as client:
+            self.flow_id = await client.create_flow(run_experiment)
+        return self.flow_id
 
     async def submit(
         self, action: SubmitRuns, parameters: dict[str, Any], *, prepared: bool = False
