@@ -48,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         help="directory used as --sierra-root (default: ./sierra-root)",
     )
     local.add_argument("--prefect-api-url", help="use this Prefect server instead of starting one")
-    local.add_argument("--pool", help="work pool name (default: sierra-pool)")
-    local.add_argument("--queue", help="work queue name (default: sierra-queue)")
+    local.add_argument(
+        "--pool", help="work pool name on a --prefect-api-url server (default: sierra-pool)"
+    )
+    local.add_argument(
+        "--queue", help="work queue name on a --prefect-api-url server (default: sierra-queue)"
+    )
     local.add_argument(
         "--workers",
         type=int,
