@@ -49,6 +49,7 @@ from sierra_operator.core.machine import (
     pack,
 )
 from sierra_operator.core.plan import PlannedRun
+from sierra_operator.runs.coalesce import CoalescedReads
 from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,21 @@ def _record_of(rec: RunRecord | None, fr: FlowRun, index: int, attempt: int) -> 
     return command is not None and rec.command_sha == PlannedRun(index, command).command_sha
 
 
+async def task_runs_of(client: PrefectClient, flow_run_ids: list[UUID]) -> list[TaskRun]:
+    """Every task run of these flow runs, page by page."""
+    out: list[TaskRun] = []
+    while flow_run_ids:
+        page = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=flow_run_ids)),
+            limit=PAGE,
+            offset=len(out),
+        )
+        out.extend(page)
+        if len(page) < PAGE:
+            break
+    return out
+
+
 class PrefectClients:
     """One open client per (API URL, API key), shared by every batch of a long-lived process.
 
@@ -249,6 +265,45 @@ class PrefectClients:
         self._open: dict[tuple[str, str | None], PrefectClient] = {}
         self.submit_concurrency = max(1, submit_concurrency)
         self._gates: dict[tuple[str, str | None], asyncio.Semaphore] = {}
+        self._flow_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, FlowRun]] = {}
+        self._task_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, list[TaskRun]]] = {}
+
+    def flow_run_reads(self, api_url: str, api_key: str | None) -> CoalescedReads[UUID, FlowRun]:
+        """Flow runs by id, every batch's reads of one API merged (see :mod:`.coalesce`)."""
+        key = (api_url, api_key)
+        if key not in self._flow_run_reads:
+
+            async def fetch(ids: list[UUID]) -> dict[UUID, FlowRun]:
+                found: dict[UUID, FlowRun] = {}
+                async with self.get(api_url, api_key) as client:
+                    for i in range(0, len(ids), PAGE):
+                        chunk = FlowRunFilterId(any_=ids[i : i + PAGE])
+                        page = await client.read_flow_runs(
+                            flow_run_filter=FlowRunFilter(id=chunk), limit=PAGE
+                        )
+                        found.update((fr.id, fr) for fr in page)
+                return found
+
+            self._flow_run_reads[key] = CoalescedReads(fetch)
+        return self._flow_run_reads[key]
+
+    def task_run_reads(
+        self, api_url: str, api_key: str | None
+    ) -> CoalescedReads[UUID, list[TaskRun]]:
+        """Task runs by flow run id (packed waves), every batch's reads of one API merged."""
+        key = (api_url, api_key)
+        if key not in self._task_run_reads:
+
+            async def fetch(ids: list[UUID]) -> dict[UUID, list[TaskRun]]:
+                found: dict[UUID, list[TaskRun]] = {}
+                async with self.get(api_url, api_key) as client:
+                    for tr in await task_runs_of(client, ids):
+                        if tr.flow_run_id is not None:
+                            found.setdefault(tr.flow_run_id, []).append(tr)
+                return found
+
+            self._task_run_reads[key] = CoalescedReads(fetch)
+        return self._task_run_reads[key]
 
     def submit_gate(self, api_url: str, api_key: str | None) -> asyncio.Semaphore:
         """The bound on flow-run creates in flight on the shared client for ``api_url`` and
@@ -721,17 +776,18 @@ class PrefectBatch:
                 return out
 
     async def _task_runs(self, client: PrefectClient, ids: list[UUID]) -> list[TaskRun]:
-        out: list[TaskRun] = []
-        while ids:
-            page = await client.read_task_runs(
-                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
-                limit=PAGE,
-                offset=len(out),
-            )
-            out.extend(page)
-            if len(page) < PAGE:
-                break
-        return out
+        if self.clients is not None:  # the operator: merged with other batches' reads
+            found = await self.clients.task_run_reads(self.api_url, self.api_key).read(ids)
+            return [tr for runs in found.values() for tr in runs]
+        return await task_runs_of(client, ids)
+
+    async def _flow_runs_by_id(self, client: PrefectClient, ids: list[UUID]) -> list[FlowRun]:
+        if not ids:
+            return []
+        if self.clients is not None:  # the operator: merged with other batches' reads
+            found = await self.clients.flow_run_reads(self.api_url, self.api_key).read(ids)
+            return list(found.values())
+        return await self._flow_runs(client, id=FlowRunFilterId(any_=ids))
 
     async def observe(self) -> dict[RunKey, RunObservation]:
         """Latest attempt of every submitted run of this batch, as Prefect reports it now.
@@ -748,10 +804,7 @@ class PrefectBatch:
                 )
                 self._listed = True
             else:
-                ids = sorted(self._unsettled)
-                flow_runs = (
-                    await self._flow_runs(client, id=FlowRunFilterId(any_=ids)) if ids else []
-                )
+                flow_runs = await self._flow_runs_by_id(client, sorted(self._unsettled))
             self.flow_runs_read += len(flow_runs)
             live = [fr for fr in flow_runs if fr.id not in self._final]
             waves = [fr.id for fr in live if not _is_single_run(fr)]
