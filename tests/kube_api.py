@@ -78,11 +78,12 @@ import copy
 import datetime
 import itertools
 import json
+import random
 import re
 import secrets
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,15 @@ def rbac_verb(
 
 
 # ------------------------------------------------------------------ label and field selectors
+
+
+def _watch_timeout(params: Mapping[str, str]) -> float:
+    """How long kube-apiserver keeps a watch open: ``timeoutSeconds``, else a random 30-60
+    minutes (its default ``--min-request-timeout`` of 1800 s times a factor in [1, 2))."""
+    raw = params.get("timeoutSeconds")
+    if raw is not None and raw.strip().isdigit() and int(raw) > 0:
+        return float(int(raw))
+    return 1800.0 * (1.0 + random.random())
 
 
 class SelectorError(ValueError):
@@ -661,10 +671,19 @@ class Apiserver(kmock.KubernetesEmulator):
                 if self._in_scope(request, raw) and selector.matches(raw):
                     meta = raw.get("metadata") or {}
                     visible[meta.get("namespace"), meta.get("name")] = raw
+        # kube-apiserver ends a watch after its ``timeoutSeconds`` (kopf asks for 300 s and
+        # then watches again); without it after 30-60 min (--min-request-timeout 1800 s).
+        deadline = asyncio.get_running_loop().time() + _watch_timeout(request.params)
+        stream = bus.stream(since=marker)
         try:
             for raw in list(visible.values()):
                 yield {"type": "ADDED", "object": raw}
-            async for event in bus.stream(since=marker):
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    event = await asyncio.wait_for(anext(stream), max(left, 0.0))
+                except (TimeoutError, StopAsyncIteration):
+                    return  # the server ends the stream; the client watches again
                 raw = event.get("object") or {}
                 if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
                     yield event
@@ -686,6 +705,7 @@ class Apiserver(kmock.KubernetesEmulator):
                     gone["metadata"]["resourceVersion"] = meta.get("resourceVersion")
                     yield {"type": "DELETED", "object": gone}
         finally:
+            await stream.aclose()
             await bus.unmark(marker)
 
     async def _serve_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:

@@ -343,6 +343,26 @@ def test_watch_with_a_selector_sees_objects_enter_and_leave_it() -> None:
     run(test)
 
 
+def test_a_watch_ends_after_its_timeout_seconds_as_kube_apiserver_ends_it() -> None:
+    """kube-apiserver closes a watch after ``timeoutSeconds`` (kopf asks for one and watches
+    again): a stream that never ended would hide a client that does not re-watch."""
+
+    async def test(url: str, http: httpx.AsyncClient) -> None:
+        await create(http, PODS, pod("w0", {"app": "web"}))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        seen = []
+        params = {"watch": "true", "timeoutSeconds": "1"}
+        async with http.stream("GET", PODS, params=params) as resp:
+            async for line in resp.aiter_lines():
+                if line.strip():
+                    seen.append(json.loads(line)["type"])
+        assert seen == ["ADDED"]
+        assert 0.9 <= loop.time() - started < 4, "closed by the server after ~1 s"
+
+    run(test)
+
+
 def test_watch_with_a_field_selector_on_the_name() -> None:
     async def test(url: str, http: httpx.AsyncClient) -> None:
         await create(http, PODS, pod("p"))
