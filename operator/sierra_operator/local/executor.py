@@ -16,8 +16,9 @@ then SIGKILL after a grace period; a flow run someone asks Prefect to cancel (th
 ``prefect flow-run cancel``: state Cancelling) has its process stopped the same way and is
 marked Cancelled. The driver closing our stdin means its batch ended:
 flow-run processes are given :data:`DRAIN_GRACE` to end on their own first. The parent
-process never talks to Prefect through Prefect's client (no threads before a fork): its one
-API call, marking a dead flow run Crashed, is plain HTTP.
+process never talks to Prefect through Prefect's client (no threads before a fork): its API
+calls (marking a flow run Crashed or Cancelled, asking which are being cancelled) are plain
+HTTP.
 
 Run as ``python -m sierra_operator.local.executor``, with ``PREFECT_API_URL`` set.
 """
@@ -138,26 +139,33 @@ def _api(url: str, method: str = "GET", body: dict[str, object] | None = None) -
         return json.loads(resp.read() or b"null")
 
 
+def _mark(api_url: str, flow_run_id: str, state: str, message: str, *, unless: set[str]) -> bool:
+    """Set the flow run's state to ``state`` (forced) unless its state is one of
+    ``unless``; False when the server could not be told (the caller tries again)."""
+    name = state.capitalize()
+    try:
+        run = _api(f"{api_url}/flow_runs/{flow_run_id}")
+        now = (run or {}).get("state") or {} if isinstance(run, dict) else {}
+        if now.get("type") in unless:
+            return True
+        _api(
+            f"{api_url}/flow_runs/{flow_run_id}/set_state",
+            "POST",
+            {"state": {"type": state, "name": name, "message": message}, "force": True},
+        )
+        _say(f"flow run {flow_run_id}: marked {name} ({message})")
+        return True
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        _say(f"flow run {flow_run_id}: could not mark it {name} yet: {exc}")
+        return False
+
+
 def mark_crashed(api_url: str, flow_run_id: str, message: str) -> bool:
     """Mark a flow run Crashed unless it reached a final state (what a worker does when the
     flow-run process exits without reporting). False when the server could not be told:
     the caller tries again (:meth:`_Executor.retry_marks`), since nothing else would end
     that flow run (no heartbeats, no late-runs service on local mode's server)."""
-    try:
-        run = _api(f"{api_url}/flow_runs/{flow_run_id}")
-        state = (run or {}).get("state") or {} if isinstance(run, dict) else {}
-        if state.get("type") in _FINAL:
-            return True
-        _api(
-            f"{api_url}/flow_runs/{flow_run_id}/set_state",
-            "POST",
-            {"state": {"type": "CRASHED", "name": "Crashed", "message": message}},
-        )
-        _say(f"flow run {flow_run_id}: marked Crashed ({message})")
-        return True
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        _say(f"flow run {flow_run_id}: could not mark it Crashed yet: {exc}")
-        return False
+    return _mark(api_url, flow_run_id, "CRASHED", message, unless=_FINAL)
 
 
 def _execute(flow_run_id: str) -> None:
@@ -304,28 +312,8 @@ def mark_cancelled(api_url: str, flow_run_id: str) -> bool:
     """Finish a cancellation the way a worker does: the process is gone, the flow run is
     Cancelled, also over the Crashed its engine reported on our SIGTERM (not if it had
     completed or failed first). False if the server could not be told."""
-    try:
-        run = _api(f"{api_url}/flow_runs/{flow_run_id}")
-        state = (run or {}).get("state") or {} if isinstance(run, dict) else {}
-        if state.get("type") in _FINAL - {"CRASHED"}:
-            return True
-        _api(
-            f"{api_url}/flow_runs/{flow_run_id}/set_state",
-            "POST",
-            {
-                "state": {
-                    "type": "CANCELLED",
-                    "name": "Cancelled",
-                    "message": "cancelled on request; its runs were stopped",
-                },
-                "force": True,
-            },
-        )
-        _say(f"flow run {flow_run_id}: marked Cancelled")
-        return True
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        _say(f"flow run {flow_run_id}: could not mark it Cancelled yet: {exc}")
-        return False
+    message = "cancelled on request; its runs were stopped"
+    return _mark(api_url, flow_run_id, "CANCELLED", message, unless=_FINAL - {"CRASHED"})
 
 
 class _Executor:
