@@ -315,8 +315,9 @@ class PrefectClients:
         self._gates: dict[tuple[str, str | None], asyncio.Semaphore] = {}
 
     def submit_gate(self, api_url: str, api_key: str | None) -> asyncio.Semaphore:
-        """The bound on flow-run creates in flight on the shared client for ``api_url`` and
-        ``api_key``, across every batch: a gate per wave would let many batches' waves
+        """The bound on requests creating flow runs (a bulk create, or a single one) in flight
+        on the shared client for ``api_url`` and ``api_key``, across every batch: a gate per
+        wave would let many batches' waves
         together exceed the client's 16 connections and fail with httpx.PoolTimeout."""
         key = (api_url, api_key)
         return self._gates.setdefault(key, asyncio.Semaphore(self.submit_concurrency))
@@ -368,7 +369,7 @@ class PrefectBatch:
     queue: str
     pool_type: str = "process"
     concurrency_limit: int | None = None
-    # Flow-run creates in flight at once in submit_each (1: one after the other).
+    # Requests creating flow runs in flight at once in submit_each (1: one after the other).
     submit_concurrency: int = 1
     api_key: str | None = field(default=None, repr=False)
     _key_read_at: float | None = field(default=None, repr=False)
