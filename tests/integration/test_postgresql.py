@@ -49,8 +49,9 @@ def postgres_prefect() -> Iterator[tuple[str, PrivatePostgres]]:
 def test_a_wave_is_submitted_concurrently_once_on_postgresql(
     postgres_prefect: tuple[str, PrivatePostgres],
 ) -> None:
-    """200 runs with 8 creates in flight (the chart's default with PostgreSQL): no 503, each
-    run exactly one flow run, and they really are stored in PostgreSQL."""
+    """200 runs with 8 requests in flight (the chart's default with PostgreSQL), made by bulk
+    creates (2 requests at once): no 503, each run exactly one flow run, a repeat creates
+    nothing, and they really are stored in PostgreSQL."""
     api_url, postgres = postgres_prefect
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
@@ -84,4 +85,5 @@ def test_a_wave_is_submitted_concurrently_once_on_postgresql(
 
     created, again, stored, in_postgres = asyncio.run(scenario())
     assert len(set(created)) == 200 and again == created and stored == 200
+    assert batch._bulk_create is True, "PostgreSQL's Prefect has the bulk endpoint"
     assert int(in_postgres) == 200, "stored in PostgreSQL"

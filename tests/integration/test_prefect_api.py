@@ -169,58 +169,267 @@ def test_a_deployment_from_an_older_module_path_is_repointed(prefect_api_url: st
     assert after == names.FLOW_ENTRYPOINT == "sierra_operator.runs.flows.run_experiment"
 
 
-def test_concurrent_submission_is_bounded_and_creates_each_run_once(
-    prefect_api_url: str, tmp_path
-) -> None:
-    """submit_each with creates in flight (the operator's SIERRA_OPERATOR_SUBMIT_CONCURRENCY):
-    never more at once than asked, ids in the runs' order, and a repeat (a create retried, or
-    a restarted operator re-deciding the wave) makes no second flow run: the idempotency key
-    names batch, experiment, run and attempt."""
+NO_BULK_ROUTES = {
+    # What a Prefect without the endpoint answers: no such route, 404 {"detail": "Not Found"}.
+    "404": "/deployments/{id}/create_flow_run/not-here",
+    # A route the server has for GET only: 405 Method Not Allowed.
+    "405": "/deployments/{id}/work_queue_check",
+}
+
+
+class Counting(PrefectBatch):
+    """The real adapter, counting its requests that create flow runs (bulk or single) in
+    flight, and the size of each bulk request it sent to the server."""
+
+    in_flight = peak = singles = 0
+    bulk_sizes: list[int] = []
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.in_flight = cls.peak = cls.singles = 0
+        cls.bulk_sizes = []
+
+    async def _counted(self, call):  # type: ignore[no-untyped-def]
+        Counting.in_flight += 1
+        Counting.peak = max(Counting.peak, Counting.in_flight)
+        try:
+            return await call
+        finally:
+            Counting.in_flight -= 1
+
+    async def _create_runs(self, client, creates):  # type: ignore[no-untyped-def]
+        if self._bulk_create is not False:  # else it sends nothing
+            Counting.bulk_sizes.append(len(creates))
+        return await self._counted(super()._create_runs(client, creates))
+
+    async def _create_run(self, client, create):  # type: ignore[no-untyped-def]
+        Counting.singles += 1
+        return await self._counted(super()._create_run(client, create))
+
+
+async def _stored(batch: PrefectBatch) -> list:
+    """Every flow run of ``batch`` on its server, read by tag (not by the ids it knows)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     from sierra_operator.core import names
+
+    out: list = []
+    async with batch.client() as client:
+        while True:
+            page = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[names.batch_tag(batch.batch_id)])
+                ),
+                limit=200,
+                offset=len(out),
+            )
+            out += page
+            if len(page) < 200:
+                return out
+
+
+def _assert_single_run_flow_run(fr, batch_id: str, params: dict, experiment: str) -> int:  # type: ignore[no-untyped-def]
+    """``fr`` is the flow run of one run, as submit_each has always made it: name, tags,
+    parameters, idempotency key. Returns its run index."""
+    from sierra_operator.core import names
+
+    (run,) = fr.parameters["runs"]
+    index = run["index"]
+    assert fr.name == f"{experiment}-run{index}-try1"
+    assert set(fr.tags) == {
+        names.batch_tag(batch_id),
+        names.experiment_tag(experiment),
+        names.run_tag(index),
+    }
+    assert fr.parameters == {
+        **params,
+        "parallelism": 1,
+        "experiment": experiment,
+        "runs": [{"index": index, "command": f"cmd {index}", "attempt": 1}],
+    }
+    assert fr.idempotency_key == f"{batch_id}/{experiment}/{index}/1"
+    return int(index)
+
+
+@pytest.mark.parametrize("endpoint", ["bulk", *NO_BULK_ROUTES])
+def test_concurrent_submission_is_bounded_and_creates_each_run_once(
+    prefect_api_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    """submit_each with requests in flight (the operator's SIERRA_OPERATOR_SUBMIT_CONCURRENCY):
+    never more at once than asked, ids in the runs' order, and a repeat (a request retried,
+    or a restarted operator re-deciding the wave) makes no second flow run: the idempotency
+    key names batch, experiment, run and attempt.
+
+    ``bulk``: the server's bulk create, 4 flow runs per request here (100 in the operator)
+    so the 24 runs take 6 requests. ``404``/``405``: the bulk create is sent to a path this
+    real server answers 404 (no such route, as a Prefect without the endpoint does) or 405
+    (a GET-only route): the same flow runs are made one create each, in the same bound, and
+    the batch remembers it: its next wave sends no bulk request."""
     from sierra_operator.core.machine import RunAttempt, SubmitRuns
+    from sierra_operator.runs import prefect_api
 
-    class Counting(PrefectBatch):
-        """The real adapter, counting its creates in flight."""
-
-        in_flight = peak = 0
-
-        async def _create_run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            Counting.in_flight += 1
-            Counting.peak = max(Counting.peak, Counting.in_flight)
-            try:
-                return await super()._create_run(*args, **kwargs)
-            finally:
-                Counting.in_flight -= 1
-
+    monkeypatch.setattr(prefect_api, "BULK_CREATE_LIMIT", 4)
+    if endpoint != "bulk":
+        monkeypatch.setattr(prefect_api, "BULK_CREATE_ROUTE", NO_BULK_ROUTES[endpoint])
+    Counting.reset()
     ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
     root = str(tmp_path)
     params = {"batch_id": ids[1], "batch_root": root, "workdir": root}
-    action = SubmitRuns("e0", 0, tuple(RunAttempt(i, "true", 1) for i in range(24)))
+    action = SubmitRuns("e0", 0, tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(24)))
+    later = SubmitRuns("e1", 1, tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(8)))
 
-    async def scenario() -> tuple[list, list, list]:
+    async def scenario() -> tuple[list, list, list, bool | None, int]:
         batch = Counting(*ids, submit_concurrency=6)
         await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
         await batch.ensure_deployment(root)
         first = await batch.submit_each(action, params)
         again = await Counting(*ids, submit_concurrency=6).submit_each(action, params)
-        async with batch.client() as client:
-            stored = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    tags=FlowRunFilterTags(all_=[names.batch_tag(ids[1])])
-                ),
-                limit=100,
-            )
+        probes = len(Counting.bulk_sizes)
+        await batch.submit_each(later, params)
+        stored = await _stored(batch)
+        await batch.cleanup()
+        return first, again, stored, batch._bulk_create, len(Counting.bulk_sizes) - probes
+
+    first, again, stored, bulk, later_probes = asyncio.run(scenario())
+    assert 1 < Counting.peak <= 6, Counting.peak
+    assert again == first, "the repeat returned the same flow runs"
+    wave = [fr for fr in stored if fr.parameters["experiment"] == "e0"]
+    assert len(wave) == 24 and {fr.id for fr in wave} == set(first), "each run once"
+    assert len(stored) == 24 + 8
+    by_id = {fr.id: fr for fr in wave}
+    indexes = [_assert_single_run_flow_run(by_id[i], ids[1], params, "e0") for i in first]
+    assert indexes == list(range(24)), "in run order"
+    if endpoint == "bulk":
+        assert bulk is True and Counting.singles == 0
+        # 6 + 6 + 2 requests, and any flow runs SQLite refused sent again (_submit_chunk)
+        assert len(Counting.bulk_sizes) >= 14 and max(Counting.bulk_sizes) == 4
+    else:
+        assert bulk is False and Counting.singles == 24 + 24 + 8
+        assert later_probes == 0, "a batch that found no bulk endpoint does not ask again"
+
+
+def test_a_large_wave_is_created_in_bulk_once(prefect_api_url: str, tmp_path) -> None:
+    """A 250-run wave takes 3 bulk requests (100 flow runs each at most) and makes exactly
+    250 flow runs, named, tagged and parameterised as one create per run always made them.
+    Submitted again by a fresh PrefectBatch of the same batch (an operator restart
+    re-deciding the wave): the same ids, nothing created. Ten of its runs submitted again
+    through single creates (a server without the bulk endpoint: a path that 404s): the same
+    ids too, so both paths send the same idempotency keys."""
+    from sierra_operator.core.machine import RunAttempt, SubmitRuns
+    from sierra_operator.runs import prefect_api
+
+    Counting.reset()
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
+    root = str(tmp_path)
+    params = {"batch_id": ids[1], "batch_root": root, "workdir": root}
+    action = SubmitRuns("c1-exp0", 0, tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(250)))
+
+    async def scenario() -> tuple[list, list, list, list, list]:
+        batch = Counting(*ids)
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(root)
+        first = await batch.submit_each(action, params)
+        requests = list(Counting.bulk_sizes)
+        restarted = await Counting(*ids).submit_each(action, params)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(prefect_api, "BULK_CREATE_ROUTE", NO_BULK_ROUTES["404"])
+            single = Counting(*ids)
+            some = SubmitRuns("c1-exp0", 0, action.runs[95:105])  # across two requests
+            one_each = await single.submit_each(some, params)
+            assert single._bulk_create is False and Counting.singles == 10
+        stored = await _stored(batch)
+        await batch.cleanup()
+        return first, restarted, one_each, stored, requests
+
+    first, restarted, one_each, stored, requests = asyncio.run(scenario())
+    assert requests[:3] == [100, 100, 50], "the first three; then any SQLite refused, again"
+    assert max(requests) <= 100
+    assert len(stored) == 250 and {fr.id for fr in stored} == set(first), "each run once"
+    assert restarted == first and one_each == first[95:105], "a repeat creates nothing"
+    by_id = {fr.id: fr for fr in stored}
+    indexes = [_assert_single_run_flow_run(by_id[i], ids[1], params, "c1-exp0") for i in first]
+    assert indexes == list(range(250)), "in run order"
+
+
+def test_packed_groups_are_created_in_bulk(prefect_api_url: str, tmp_path) -> None:
+    """runsPerPod 3 (executing 2 at a time in a pod): 10 runs are 4 flow runs, 3 groups
+    (a wave each, ``/pod`` key, ``parallelism`` 2) and a group of one run (that run's own
+    flow run): one bulk request; a repeat creates nothing."""
+    from sierra_operator.core import names
+    from sierra_operator.core.machine import RunAttempt, SubmitRuns
+
+    Counting.reset()
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
+    uid = ids[1]
+    root = str(tmp_path)
+    params = {"batch_id": uid, "batch_root": root, "workdir": root}
+    action = SubmitRuns("e0", 0, tuple(RunAttempt(i, f"cmd {i}", 2) for i in range(10)))
+
+    async def scenario() -> tuple[list, list, list]:
+        batch = Counting(*ids)
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(root)
+        first = await batch.submit_each(action, params, runs_per_pod=3, in_pod=2)
+        again = await Counting(*ids).submit_each(action, params, runs_per_pod=3, in_pod=2)
+        stored = await _stored(batch)
         await batch.cleanup()
         return first, again, stored
 
     first, again, stored = asyncio.run(scenario())
-    assert 1 < Counting.peak <= 6, Counting.peak
-    assert again == first, "the repeat returned the same flow runs"
-    assert len(stored) == 24 and {fr.id for fr in stored} == set(first), "each run once"
-    by_id = {fr.id: fr.name for fr in stored}
-    assert [by_id[i] for i in first] == [f"e0-run{i}-try1" for i in range(24)], "in run order"
+    assert Counting.bulk_sizes[:2] == [4, 4] and Counting.singles == 0, "one per submit"
+    assert again == first and len(stored) == 4 and {fr.id for fr in stored} == set(first)
+    by_id = {fr.id: fr for fr in stored}
+    got = [
+        (by_id[i].name, by_id[i].idempotency_key, by_id[i].parameters["parallelism"]) for i in first
+    ]
+    assert got == [
+        ("e0-runs0-2-try2", f"{uid}/e0/0/2/pod", 2),
+        ("e0-runs3-5-try2", f"{uid}/e0/3/2/pod", 2),
+        ("e0-runs6-8-try2", f"{uid}/e0/6/2/pod", 2),
+        ("e0-run9-try2", f"{uid}/e0/9/2", 1),
+    ]
+    group = by_id[first[1]]
+    assert [r["index"] for r in group.parameters["runs"]] == [3, 4, 5]
+    assert set(group.tags) == {names.batch_tag(uid), names.experiment_tag("e0")}
+    assert names.run_tag(9) in by_id[first[3]].tags
+
+
+def test_flow_runs_the_server_refuses_are_named_with_its_reason(
+    prefect_api_url: str, tmp_path
+) -> None:
+    """The server reports each flow run of a bulk create CREATED or FAILED: FAILED ones raise
+    an error naming them and the server's reason, and the batch is listed again next
+    observe(). The way to make this real server refuse on demand: a parameter it cannot
+    hydrate (Prefect's ``__prefect_kind: json`` with a value that is not JSON); it refuses
+    every flow run of the wave, the operator never sends such a parameter."""
+    from sierra_operator.core.machine import RunAttempt, SubmitRuns
+    from sierra_operator.runs.prefect_api import FlowRunsRefused
+
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}", "q")
+    root = str(tmp_path)
+    bad = {"__prefect_kind": "json", "value": "{not json"}
+    params = {"batch_id": ids[1], "batch_root": root, "workdir": root, "extra": bad}
+    action = SubmitRuns("e0", 0, tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(7)))
+
+    async def scenario() -> tuple[str, bool, set, list]:
+        batch = PrefectBatch(*ids)
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(root)
+        await batch.observe()  # listed once
+        with pytest.raises(FlowRunsRefused) as refused:
+            await batch.submit_each(action, params)
+        stored = await _stored(batch)
+        await batch.cleanup()
+        return str(refused.value), batch._listed, batch._unsettled, stored
+
+    message, listed, unsettled, stored = asyncio.run(scenario())
+    assert message.startswith("Prefect refused 7 of 7 flow runs of e0 in a bulk create"), message
+    assert "e0-run0-try1, e0-run1-try1, e0-run2-try1, e0-run3-try1, e0-run4-try1 and 2 more: " in (
+        message
+    )
+    assert "Invalid JSON" in message, "the server's reason"
+    assert listed is False, "listed again next observe"
+    assert unsettled == set() and stored == [], "nothing was created"
 
 
 def test_batches_share_one_open_client_per_api(prefect_api_url: str, tmp_path) -> None:

@@ -1,9 +1,13 @@
-"""submit_each with creates in flight: one failure neither loses nor orphans the others.
+"""submit_each's requests: one failure neither loses nor orphans the others; flow runs the
+server refuses are named with its reason, sent again when it is SQLite's passing lock; a
+server without the bulk endpoint gets one create per flow run, and is asked only once.
 
-The Prefect client is a stand-in here (say so: a mock): the real server cannot be made to
-fail one create while others are in flight on demand. The creates' idempotency and the cap
-on creates in flight against the real server are tested in
-tests/integration/test_prefect_api.py."""
+The Prefect client is a stand-in here (say so: a fake of the two calls that create flow
+runs, the bulk request and the single create, idempotent per key as the server is): the
+real server cannot be made, on demand, to fail one request while others are in flight or
+to refuse flow runs for "database is locked". The same paths against the real server (bulk
+and single creates, idempotency, the cap on requests in flight, a server answering 404/405
+for the bulk route, a refusal) are tested in tests/integration/test_prefect_api.py."""
 
 from __future__ import annotations
 
@@ -11,92 +15,224 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
+from prefect.exceptions import PrefectHTTPStatusError
 
 from sierra_operator.core.machine import RunAttempt, SubmitRuns
-from sierra_operator.runs.prefect_api import PrefectBatch
+from sierra_operator.runs import prefect_api
+from sierra_operator.runs.prefect_api import FlowRunsRefused, PrefectBatch, PrefectClients
+
+LOCKED = "(sqlite3.OperationalError) database is locked\n[SQL: INSERT INTO flow_run ...]"
 
 
-def _batch(created: list[UUID], fail_key: str) -> PrefectBatch:
-    """A batch whose creates take a while, and the one whose key ends ``fail_key`` fails
-    at once (the others are then still in flight)."""
+def _status_error(status: int, body: Any) -> PrefectHTTPStatusError:
+    """What Prefect's client raises for an answer with ``status``."""
+    request = httpx.Request("POST", "http://unused/api/deployments/x/create_flow_run/bulk")
+    response = httpx.Response(status, json=body, request=request)
+    return PrefectHTTPStatusError.from_httpx_error(
+        httpx.HTTPStatusError(f"{status}", request=request, response=response)
+    )
+
+
+class StandIn:
+    """The flow-run creating calls of a Prefect server behind PrefectClient, in memory."""
+
+    def __init__(self, *, bulk: bool = True) -> None:
+        self.bulk = bulk  # False: the bulk route answers 404 (an older Prefect)
+        self.by_key: dict[str, UUID] = {}
+        self.fail_index: int | None = None  # a request holding this run raises (a timeout)
+        self.refuse: dict[int, str] = {}  # run index -> the reason it is reported FAILED
+        self.locked = 0  # the next N bulk requests: every flow run FAILED, database locked
+        self.requests: list[list[int]] = []  # run indexes of each bulk request
+        self.singles = 0
+        self.in_flight = self.peak = 0
+
+    def _id(self, key: str) -> UUID:
+        return self.by_key.setdefault(key, uuid.uuid4())
+
+    async def _busy(self) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(0.02)
+        self.in_flight -= 1
+
+    async def request(
+        self, method: str, path: str, path_params: dict[str, Any], json: list[dict[str, Any]]
+    ) -> httpx.Response:
+        assert (method, path) == ("POST", "/deployments/{id}/create_flow_run/bulk")
+        indexes = [c["parameters"]["runs"][0]["index"] for c in json]
+        self.requests.append(indexes)
+        await self._busy()
+        if not self.bulk:
+            raise _status_error(404, {"detail": "Not Found"})
+        if self.fail_index in indexes:
+            raise RuntimeError("request failed")
+        results = []
+        locked, self.locked = self.locked > 0, max(0, self.locked - 1)
+        for create, index in zip(json, indexes, strict=True):
+            reason = LOCKED if locked else self.refuse.get(index)
+            if reason:
+                results.append({"flow_run_id": None, "status": "FAILED", "error": reason})
+            else:
+                run_id = self._id(create["idempotency_key"])
+                results.append({"flow_run_id": str(run_id), "status": "CREATED", "error": None})
+        return httpx.Response(200, json={"results": results})
+
+    async def create_flow_run_from_deployment(
+        self, deployment_id: UUID, *, parameters: dict[str, Any], idempotency_key: str, **_: Any
+    ) -> SimpleNamespace:
+        self.singles += 1
+        await self._busy()
+        if parameters["runs"][0]["index"] == self.fail_index:
+            raise RuntimeError("create failed")
+        return SimpleNamespace(id=self._id(idempotency_key))
+
+
+def _batch(server: StandIn, **kwargs: Any) -> PrefectBatch:
+    """A batch whose client is ``server`` (its deployment known)."""
     batch = PrefectBatch(
-        api_url="http://unused", batch_id="b", pool="p", queue="q", submit_concurrency=4
+        api_url="http://unused",
+        batch_id="b",
+        pool="p",
+        queue="q",
+        deployment_id=uuid.uuid4(),
+        **({"submit_concurrency": 4} | kwargs),
     )
     batch._listed = True
 
     @asynccontextmanager
     async def client() -> AsyncIterator[Any]:
-        yield object()
-
-    async def resolve() -> None:
-        return None
-
-    async def create_run(*_: Any, key: str, **__: Any) -> UUID:
-        if key.endswith(fail_key):
-            raise RuntimeError("create failed")
-        await asyncio.sleep(0.05)
-        run_id = uuid.uuid4()
-        created.append(run_id)
-        return run_id
+        yield server
 
     batch.client = client  # type: ignore[method-assign]
-    batch.resolve_deployment = resolve  # type: ignore[method-assign,assignment]
-    batch._create_run = create_run  # type: ignore[method-assign,assignment]
     return batch
 
 
-def test_failed_create_lets_the_others_finish_and_relists() -> None:
-    created: list[UUID] = []
-    batch = _batch(created, "/0/1")
-    runs = tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(4))
-    action = SubmitRuns("exp", 0, runs)
-    with pytest.raises(RuntimeError, match="create failed"):
-        asyncio.run(batch.submit_each(action, {}))
-    assert len(created) == 3  # none cancelled in flight
-    assert batch._unsettled == set(created)  # every id that came back is observed
+def _wave(n: int, experiment: str = "exp") -> SubmitRuns:
+    return SubmitRuns(experiment, 0, tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(n)))
+
+
+@pytest.fixture(autouse=True)
+def _small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two flow runs per bulk request (so a few runs make several), no real waits."""
+    monkeypatch.setattr(prefect_api, "BULK_CREATE_LIMIT", 2)
+    monkeypatch.setattr(prefect_api, "BULK_RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(prefect_api, "BULK_RETRY_MAX_WAIT", 0.004)
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "one-create-each"])
+def test_failed_request_lets_the_others_finish_and_relists(bulk: bool) -> None:
+    server = StandIn(bulk=bulk)
+    server.fail_index = 1
+    batch = _batch(server)
+    with pytest.raises(RuntimeError, match="failed"):
+        asyncio.run(batch.submit_each(_wave(8), {}))
+    created = set(server.by_key.values())
+    assert len(created) == (6 if bulk else 7)  # none cancelled in flight: only 0-1 / 1 lost
+    assert batch._unsettled == created  # every id that came back is observed
     assert batch._listed is False  # and the batch is listed again: a lost id is found
 
 
-def test_successful_submit_keeps_listing_state() -> None:
-    created: list[UUID] = []
-    batch = _batch(created, "never")
-    runs = tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(3))
-    ids = asyncio.run(batch.submit_each(SubmitRuns("exp", 0, runs), {}))
-    assert set(ids) == set(created) and len(ids) == 3
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "one-create-each"])
+def test_successful_submit_keeps_listing_state(bulk: bool) -> None:
+    server = StandIn(bulk=bulk)
+    batch = _batch(server)
+    ids = asyncio.run(batch.submit_each(_wave(5), {}))
+    assert ids == [server.by_key[f"b/exp/{i}/1"] for i in range(5)], "in run order"
+    assert batch._unsettled == set(ids)
     assert batch._listed is True
+    assert server.singles == (0 if bulk else 5)
+
+
+def test_refused_flow_runs_are_named_with_the_servers_reason() -> None:
+    """The rest of the request and the other requests are created and recorded; the error
+    names the refused flow run and the first line of the server's reason; not sent again."""
+    server = StandIn()
+    server.refuse = {3: "Error hydrating flow run parameters: bad\nTraceback ..."}
+    batch = _batch(server)
+    with pytest.raises(FlowRunsRefused) as refused:
+        asyncio.run(batch.submit_each(_wave(6), {}))
+    assert str(refused.value) == (
+        "Prefect refused 1 of 2 flow runs of exp in a bulk create (the others were "
+        "created): exp-run3-try1: Error hydrating flow run parameters: bad"
+    )
+    assert batch._unsettled == set(server.by_key.values()) and len(server.by_key) == 5
+    assert batch._listed is False
+    assert len(server.requests) == 3, "a refusal that is not SQLite's lock is not retried"
+
+
+def test_flow_runs_refused_for_sqlites_lock_are_sent_again() -> None:
+    """SQLite refuses a whole bulk create when another writer committed during it (a single
+    create gets a 503 for that, which the client retries): the refused flow runs are sent
+    again until created, each once (their keys)."""
+    server = StandIn()
+    server.locked = 3
+    batch = _batch(server, submit_concurrency=1)
+    ids = asyncio.run(batch.submit_each(_wave(4), {}))
+    assert ids == [server.by_key[f"b/exp/{i}/1"] for i in range(4)]
+    assert sorted(map(tuple, server.requests)) == [(0, 1)] * 3 + [(2, 3)] * 2
+    assert batch._listed is True
+
+
+def test_sqlites_lock_past_the_patience_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = StandIn()
+    server.locked = 10**6
+    monkeypatch.setattr(prefect_api, "BULK_RETRY_PATIENCE", 0.02)
+    batch = _batch(server, submit_concurrency=1)
+    with pytest.raises(FlowRunsRefused, match=r"exp-run0-try1, exp-run1-try1: .*locked$"):
+        asyncio.run(batch.submit_each(_wave(2), {}))
+    assert 3 <= len(server.requests) < 20 and batch._listed is False
+
+
+def test_a_server_without_the_bulk_endpoint_is_asked_once() -> None:
+    """A 404 for the bulk route: one create per flow run, and this batch does not ask again
+    (a fresh PrefectBatch, i.e. a restarted operator, does)."""
+    server = StandIn(bulk=False)
+    batch = _batch(server, submit_concurrency=1)
+    first = asyncio.run(batch.submit_each(_wave(6, "e0"), {}))
+    asked = len(server.requests)
+    second = asyncio.run(batch.submit_each(_wave(6, "e1"), {}))
+    assert asked == 1, "the other requests of the wave waited at the gate, then knew"
+    assert len(server.requests) == asked, "not asked again by this batch"
+    assert server.singles == 12 and len(set(first + second)) == 12
+    asyncio.run(_batch(server, submit_concurrency=1).submit_each(_wave(6, "e0"), {}))
+    assert len(server.requests) == asked + 1 and len(server.by_key) == 12
 
 
 def test_batches_on_one_shared_client_share_its_submit_gate() -> None:
     """Many batches' waves at once stay within one bound per shared client (its pool of
     connections), not one bound per wave."""
-    from sierra_operator.runs.prefect_api import PrefectClients
-
     clients = PrefectClients(submit_concurrency=2)
-    in_flight, peak = 0, 0
+    server = StandIn()
     batches = []
     for _ in range(3):
-        batch = _batch([], "never")
+        batch = _batch(server)
         batch.clients = clients  # the batch's own bound (4) is not what applies
-
-        async def create_run(*_: Any, **__: Any) -> UUID:
-            nonlocal in_flight, peak
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await asyncio.sleep(0.02)
-            in_flight -= 1
-            return uuid.uuid4()
-
-        batch._create_run = create_run  # type: ignore[method-assign,assignment]
         batches.append(batch)
-    runs = tuple(RunAttempt(i, f"cmd {i}", 1) for i in range(4))
 
     async def all_at_once() -> None:
-        await asyncio.gather(*(b.submit_each(SubmitRuns("exp", 0, runs), {}) for b in batches))
+        await asyncio.gather(*(b.submit_each(_wave(8), {}) for b in batches))
 
     asyncio.run(all_at_once())
-    assert peak == 2
+    assert server.peak == 2 and len(server.requests) == 3 * 4
     assert clients.submit_gate("http://unused", None) is clients.submit_gate("http://unused", None)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "missing"),
+    [
+        (404, {"detail": "Not Found"}, True),  # no such route: a Prefect without it
+        (405, {"detail": "Method Not Allowed"}, True),
+        (404, ["not", "prefect"], True),  # a proxy's answer
+        (404, {"detail": "Deployment not found"}, False),  # the endpoint's own 404: raised
+        (409, {"detail": "conflict"}, False),
+        (500, {"exception_message": "Internal Server Error"}, False),
+    ],
+)
+def test_which_refusals_mean_no_bulk_endpoint(status: int, body: Any, missing: bool) -> None:
+    assert prefect_api._no_bulk_endpoint(_status_error(status, body).response) is missing

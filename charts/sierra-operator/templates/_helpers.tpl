@@ -65,7 +65,7 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* Flow-run creates in flight per wave: the value, else what the database takes. */}}
+{{/* Requests creating flow runs in flight: the value, else what the database takes. */}}
 {{- define "sierra-operator.submitConcurrency" -}}
 {{- if kindIs "invalid" .Values.operator.submitConcurrency -}}
 {{- if and .Values.prefect.server.enabled (eq .Values.prefect.server.database.type "postgresql") -}}

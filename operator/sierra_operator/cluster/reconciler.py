@@ -42,13 +42,19 @@ from sierra_operator.core.model import (
     stored_batch,
 )
 from sierra_operator.core.plan import Plan, PlanError, plan_from_experiments, plan_from_json
-from sierra_operator.runs.prefect_api import PoolConflict, PrefectBatch, PrefectClients
+from sierra_operator.runs.prefect_api import (
+    FlowRunsRefused,
+    PoolConflict,
+    PrefectBatch,
+    PrefectClients,
+)
 
 Event = tuple[str, str, str]
 """(type, reason, message) of a Kubernetes Event to post on the batch."""
 
-# A Prefect server that cannot be reached or answers with an error: a condition, retried.
-PREFECT_ERRORS = (httpx.TransportError, PrefectHTTPStatusError)
+# A Prefect server that cannot be reached, answers with an error, or refuses flow runs of a
+# bulk create (with its reason): a condition, retried.
+PREFECT_ERRORS = (httpx.TransportError, PrefectHTTPStatusError, FlowRunsRefused)
 
 
 @dataclass

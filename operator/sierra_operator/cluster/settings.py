@@ -5,8 +5,9 @@
 - ``SIERRA_OPERATOR_WORKER_IMAGE``: image of the Prefect worker pods (has prefect-kubernetes).
 - ``SIERRA_OPERATOR_RECONCILE_SECONDS``: how often each batch is reconciled (1).
 - ``SIERRA_OPERATOR_LOG_LEVEL``: operator log level (INFO).
-- ``SIERRA_OPERATOR_SUBMIT_CONCURRENCY``: flow-run creates in flight at once per Prefect API,
-  across all batches (1; bench/README.md: concurrent creates make SQLite slower, then answer 503;
+- ``SIERRA_OPERATOR_SUBMIT_CONCURRENCY``: requests creating flow runs (a bulk create of up to
+  100, or one create on a server without it) in flight at once per Prefect API, across all
+  batches (1; bench/README.md: concurrent creates make SQLite slower, then answer 503 or refuse;
   PostgreSQL takes 8, the chart's setting with it).
 - ``SIERRA_OPERATOR_NAMESPACES``: comma-separated namespaces to watch (default: all).
 - ``DOCKER_HOST``: the Docker engine that builds ``spec.image.build`` (docker's own variable).
@@ -38,7 +39,7 @@ class OperatorSettings(BaseModel):
         default=1,
         ge=1,
         le=64,
-        description="Flow-run creates in flight per Prefect API, across batches.",
+        description="Requests creating flow runs in flight per Prefect API, across batches.",
     )
     namespaces: list[str] = Field(default_factory=list, description="Watched; empty: all.")
     docker_host: str | None = Field(default=None, description="Engine for image builds.")

@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import (
+    DeploymentFlowRunCreate,
     DeploymentUpdate,
     FlowRunCreate,
     WorkPoolCreate,
@@ -36,7 +38,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling, Scheduled, to_state_create
 
 from sierra_operator.core import names
@@ -52,6 +54,10 @@ from sierra_operator.core.plan import PlannedRun
 from sierra_operator.runs.coalesce import CoalescedReads
 from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
 
+if TYPE_CHECKING:
+    import httpx
+    from prefect.client.orchestration.routes import ServerRoutes
+
 log = logging.getLogger(__name__)
 
 PAGE = 200
@@ -65,8 +71,67 @@ TASK_PHASES = {
 }
 
 
+BULK_CREATE_ROUTE = "/deployments/{id}/create_flow_run/bulk"
+"""Prefect's bulk create of flow runs from a deployment (one transaction per request); its
+client library does not wrap it (3.8.8)."""
+BULK_CREATE_LIMIT = 100
+"""The most flow runs the server takes in one bulk create (its ``BULK_CREATE_LIMIT``)."""
+REFUSED_NAMES = 5
+"""Flow runs named per reason in a :class:`FlowRunsRefused` message; the rest are counted."""
+REASON_LINE_CHARS = 200
+"""How much of the server's reason for a refused flow run (an exception, with its SQL) is kept."""
+SQLITE_LOCKED = "database is locked"
+"""A flow run refused for this (SQLite) is sent again: see :meth:`PrefectBatch._submit_chunk`."""
+BULK_RETRY_SECONDS = 0.5
+"""First wait before flow runs refused for :data:`SQLITE_LOCKED` are sent again; doubled
+each time up to :data:`BULK_RETRY_MAX_WAIT`."""
+BULK_RETRY_MAX_WAIT = 4.0
+"""Longest wait between two sends of flow runs refused for :data:`SQLITE_LOCKED`."""
+BULK_RETRY_PATIENCE = 60.0
+"""Seconds of waits after which flow runs still refused for :data:`SQLITE_LOCKED` raise:
+about what Prefect's client waits for a single create answered 503 (2 + 4 + ... + 32 s)."""
+
+
 class PoolConflict(RuntimeError):
     """The work pool name is taken by a pool this batch did not create."""
+
+
+class FlowRunsRefused(RuntimeError):
+    """The server reported flow runs of a bulk create FAILED (the others were created)."""
+
+
+def _no_bulk_endpoint(response: httpx.Response) -> bool:
+    """Whether a refused bulk create means the server has no such endpoint: 405, or a 404
+    that is not the endpoint's own "Deployment not found" (raised as is, as a single create
+    would)."""
+    if response.status_code == 405:
+        return True
+    if response.status_code != 404:
+        return False
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):  # not JSON (a proxy's page, say)
+        return True
+    return bool(detail != "Deployment not found")
+
+
+def _refused_message(experiment: str, refused: list[tuple[str, str]], total: int) -> str:
+    """``refused`` (flow run name, the server's reason) as one message, by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in refused:
+        by_reason.setdefault(reason, []).append(name)
+    parts = []
+    for reason, names_ in by_reason.items():
+        reason = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
+        if len(reason) > REASON_LINE_CHARS:
+            reason = reason[: REASON_LINE_CHARS - 3] + "..."
+        listed = ", ".join(names_[:REFUSED_NAMES])
+        more = f" and {len(names_) - REFUSED_NAMES} more" if len(names_) > REFUSED_NAMES else ""
+        parts.append(f"{listed}{more}: {reason}")
+    return (
+        f"Prefect refused {len(refused)} of {total} flow runs of {experiment} in a bulk "
+        f"create (the others were created): {'; '.join(parts)}"
+    )
 
 
 def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
@@ -306,8 +371,9 @@ class PrefectClients:
         return self._task_run_reads[key]
 
     def submit_gate(self, api_url: str, api_key: str | None) -> asyncio.Semaphore:
-        """The bound on flow-run creates in flight on the shared client for ``api_url`` and
-        ``api_key``, across every batch: a gate per wave would let many batches' waves
+        """The bound on requests creating flow runs (a bulk create, or a single one) in flight
+        on the shared client for ``api_url`` and ``api_key``, across every batch: a gate per
+        wave would let many batches' waves
         together exceed the client's 16 connections and fail with httpx.PoolTimeout."""
         key = (api_url, api_key)
         return self._gates.setdefault(key, asyncio.Semaphore(self.submit_concurrency))
@@ -359,7 +425,7 @@ class PrefectBatch:
     queue: str
     pool_type: str = "process"
     concurrency_limit: int | None = None
-    # Flow-run creates in flight at once in submit_each (1: one after the other).
+    # Requests creating flow runs in flight at once in submit_each (1: one after the other).
     submit_concurrency: int = 1
     api_key: str | None = field(default=None, repr=False)
     _key_read_at: float | None = field(default=None, repr=False)
@@ -386,6 +452,8 @@ class PrefectBatch:
     _plan_runs: dict[str, UUID] = field(default_factory=dict)
     # The operator's shared open clients (None: a client per call, e.g. local mode).
     clients: PrefectClients | None = field(default=None, repr=False)
+    # Whether the server has the bulk create of flow runs (None: not asked yet).
+    _bulk_create: bool | None = field(default=None, repr=False)
 
     def set_api_key(self, key: str | None) -> None:
         """Use ``key`` from now on; :meth:`api_key_fresh` says when to read it again."""
@@ -578,9 +646,8 @@ class PrefectBatch:
                 return PlanRun(run.id, "failed", None, message or str(state))
             return PlanRun(run.id, "pending", None, "")
 
-    async def _create_run(
+    def _flow_run_create(
         self,
-        client: PrefectClient,
         experiment: str,
         runs: tuple[RunAttempt, ...],
         parameters: dict[str, Any],
@@ -588,59 +655,41 @@ class PrefectBatch:
         name: str,
         tags: list[str],
         key: str,
-    ) -> UUID:
-        """One flow run of the experiment flow executing ``runs``; ``key`` makes it idempotent."""
+    ) -> DeploymentFlowRunCreate:
+        """One flow run of the experiment flow executing ``runs``, as the client's create
+        sends it (Scheduled now); ``key`` makes it idempotent. Single and bulk creates both
+        send this: the same flow run either way."""
+        return DeploymentFlowRunCreate(
+            parameters={
+                **parameters,
+                "experiment": experiment,
+                "runs": [
+                    {"index": r.index, "command": r.command, "attempt": r.attempt} for r in runs
+                ],
+            },
+            state=to_state_create(Scheduled()),
+            name=name,
+            tags=[names.batch_tag(self.batch_id), names.experiment_tag(experiment), *tags],
+            idempotency_key=key,
+        )
+
+    async def _create_run(self, client: PrefectClient, create: DeploymentFlowRunCreate) -> UUID:
+        """The flow run ``create`` describes, from one create (its key makes it idempotent);
+        of the flow itself when there is no deployment (:meth:`ensure_flow`)."""
         if self.flow_id is not None and self.deployment_id is None:
-            return await self._create_direct_run(
-                client, experiment, runs, parameters, name=name, tags=tags, key=key
+            direct = FlowRunCreate(flow_id=self.flow_id, **create.model_dump(exclude_unset=True))
+            response = await client.request(
+                "POST", "/flow_runs/", json=direct.model_dump(mode="json", exclude_unset=True)
             )
+            return UUID(response.json()["id"])
         created = await client.create_flow_run_from_deployment(
             await self.resolve_deployment(),
-            parameters={
-                **parameters,
-                "experiment": experiment,
-                "runs": [
-                    {"index": r.index, "command": r.command, "attempt": r.attempt} for r in runs
-                ],
-            },
-            name=name,
-            tags=[names.batch_tag(self.batch_id), names.experiment_tag(experiment), *tags],
-            idempotency_key=key,
+            parameters=create.parameters,
+            name=create.name,
+            tags=create.tags,
+            idempotency_key=create.idempotency_key,
         )
         return created.id
-
-    async def _create_direct_run(
-        self,
-        client: PrefectClient,
-        experiment: str,
-        runs: tuple[RunAttempt, ...],
-        parameters: dict[str, Any],
-        *,
-        name: str,
-        tags: list[str],
-        key: str,
-    ) -> UUID:
-        """A flow run of the flow itself (no deployment, pool or queue: see
-        :meth:`ensure_flow`), with the same parameters, tags and idempotency key."""
-        assert self.flow_id is not None
-        create = FlowRunCreate(
-            flow_id=self.flow_id,
-            name=name,
-            parameters={
-                **parameters,
-                "experiment": experiment,
-                "runs": [
-                    {"index": r.index, "command": r.command, "attempt": r.attempt} for r in runs
-                ],
-            },
-            tags=[names.batch_tag(self.batch_id), names.experiment_tag(experiment), *tags],
-            idempotency_key=key,
-            state=to_state_create(Scheduled()),
-        )
-        response = await client.request(
-            "POST", "/flow_runs/", json=create.model_dump(mode="json", exclude_unset=True)
-        )
-        return UUID(response.json()["id"])
 
     async def ensure_flow(self) -> UUID:
         """Register only the experiment flow (local mode on its own private server).
@@ -654,6 +703,48 @@ class PrefectBatch:
         async with self.client() as client:
             self.flow_id = await client.create_flow(run_experiment)
         return self.flow_id
+
+    async def _create_runs(
+        self, client: PrefectClient, creates: list[DeploymentFlowRunCreate]
+    ) -> list[dict[str, Any]] | None:
+        """The server's result for each of ``creates`` (at most :data:`BULK_CREATE_LIMIT`), in
+        their order, from one bulk create; None if the server has no bulk endpoint.
+
+        Sent through the client's own request path (its retries of 429/502/503 and of lost
+        connections, its auth and API key), like the creates it wraps; a retried request
+        creates nothing twice (idempotency keys: the server answers an existing key with
+        that flow run's id). Whether the server has the endpoint is remembered
+        (:meth:`submit_each` says why)."""
+        if self._bulk_create is False:  # found out by a request ahead of this one
+            return None
+        route = cast("ServerRoutes", BULK_CREATE_ROUTE)  # a route the client does not list
+        try:
+            response = await client.request(
+                "POST",
+                route,
+                path_params={"id": await self.resolve_deployment()},
+                json=[c.model_dump(mode="json", exclude_unset=True) for c in creates],
+            )
+        except PrefectHTTPStatusError as exc:
+            if not _no_bulk_endpoint(exc.response):
+                raise
+            if self._bulk_create is None:
+                log.info(
+                    "batch %s: %s has no bulk create of flow runs (%s): one create per flow run",
+                    self.batch_id,
+                    self.api_url,
+                    exc.response.status_code,
+                )
+            self._bulk_create = False
+            return None
+        self._bulk_create = True
+        results = response.json().get("results")
+        if not isinstance(results, list) or len(results) != len(creates):
+            raise RuntimeError(
+                f"Prefect answered a bulk create of {len(creates)} flow runs with "
+                f"{response.text[:200]!r}"
+            )
+        return results
 
     async def submit(
         self, action: SubmitRuns, parameters: dict[str, Any], *, prepared: bool = False
@@ -669,12 +760,14 @@ class PrefectBatch:
         async with self.client() as client:
             run_id = await self._create_run(
                 client,
-                action.experiment,
-                action.runs,
-                parameters,
-                name=names.wave_flow_run_name(action.experiment, first_attempt),
-                tags=[],
-                key=hashlib.sha256(key.encode()).hexdigest(),
+                self._flow_run_create(
+                    action.experiment,
+                    action.runs,
+                    parameters,
+                    name=names.wave_flow_run_name(action.experiment, first_attempt),
+                    tags=[],
+                    key=hashlib.sha256(key.encode()).hexdigest(),
+                ),
             )
         if prepared:
             self._hidden.add(run_id)
@@ -703,54 +796,50 @@ class PrefectBatch:
         A group of one run is that run's flow run (its state is the run's outcome); a larger
         group is a wave of its own, observed through its task runs like local mode's.
 
-        At most :attr:`submit_concurrency` creates are in flight at once (with shared
-        :attr:`clients`: at most theirs, across every batch on that client): a 1,000-run wave
-        is submitted in seconds on a PostgreSQL-backed server instead of minutes, without
-        more connections than the server can serve. Idempotency keys name batch, experiment,
-        (first) run and attempt, so a create retried (by Prefect's client after a 503, or by
-        a restarted operator re-deciding the same wave) never makes a second flow run. Each
-        id is remembered as soon as it is created: runs of a wave that failed half-way are
-        still observed next tick. On a failure the others in flight finish (none is cancelled
-        after the server may have committed it), and the batch is listed again next
-        :meth:`observe`, so a flow run whose id never came back is still found.
+        The flow runs are created in bulk, :data:`BULK_CREATE_LIMIT` per request (one server
+        transaction each): a server spends ~50-60 ms of CPU per single create, and 1,000 of
+        them took minutes on a small machine. At most :attr:`submit_concurrency` requests
+        are in flight at once (with shared :attr:`clients`: at most theirs, across every
+        batch on that client), so no more connections than the server can serve.
+        Idempotency keys name batch, experiment, (first) run and attempt, so a request
+        retried (by Prefect's client after a 503 or a lost connection, or by a restarted
+        operator re-deciding the same wave) never makes a second flow run: the server
+        answers a known key with that flow run's id. Each id is remembered as soon as its
+        request returns: runs of a wave that failed half-way are still observed next tick.
+        On a failure the other requests in flight finish (none is cancelled after the server
+        may have committed it), and the batch is listed again next :meth:`observe`, so a
+        flow run whose id never came back is still found. Flow runs the server reports
+        FAILED raise :class:`FlowRunsRefused` with its reasons (the rest are created), once
+        those refused for a passing reason were sent again (:meth:`_submit_chunk`).
+
+        A server without the bulk endpoint (404/405: a Prefect older than the endpoint, or
+        a proxy in front of the API that does not route it) gets one create per flow run,
+        as before the endpoint existed: same flow runs, same keys, just slower. That is
+        remembered for this batch, so later waves do not spend a refused request each; a
+        restarted operator asks once again (the server may have been upgraded).
         """
         gate = (  # shared by every batch on a shared client: its connections are shared
             self.clients.submit_gate(self.api_url, self.api_key)
             if self.clients is not None
             else asyncio.Semaphore(max(1, self.submit_concurrency))
         )
-
-        async def create(client: PrefectClient, runs: tuple[RunAttempt, ...]) -> UUID:
-            first = runs[0]
-            where = f"{self.batch_id}/{action.experiment}/{first.index}/{first.attempt}"
-            if len(runs) == 1:
-                name = f"{action.experiment}-run{first.index}-try{first.attempt}"
-                tags, key, parallel = [names.run_tag(first.index)], where, 1
-            else:
-                last = runs[-1].index
-                name = f"{action.experiment}-runs{first.index}-{last}-try{first.attempt}"
-                tags, key, parallel = [], f"{where}/pod", max(1, min(in_pod, len(runs)))
-            async with gate:
-                run_id = await self._create_run(
-                    client,
-                    action.experiment,
-                    runs,
-                    {**parameters, "parallelism": parallel},
-                    name=name,
-                    tags=tags,
-                    key=key,
-                )
-            self._unsettled.add(run_id)
-            return run_id
-
+        creates = [
+            self._group_create(action.experiment, runs, parameters, in_pod)
+            for runs in pack(action.runs, runs_per_pod)
+        ]
         async with self.client() as client:
-            await self.resolve_deployment()  # once, not raced by every create
-            # Not a TaskGroup: one failed create would cancel the ones in flight, and a
-            # cancelled create may already be committed by the server with its id lost. Every
-            # create finishes; ids that came back are recorded (in ``create``).
+            await self.resolve_deployment()  # once, not raced by every request
+            # Not a TaskGroup: one failed request would cancel the ones in flight, and a
+            # cancelled one may already be committed by the server with its ids lost. Every
+            # request finishes; ids that came back are recorded (in _submit_chunk).
             try:
                 results = await asyncio.gather(
-                    *(create(client, packed) for packed in pack(action.runs, runs_per_pod)),
+                    *(
+                        self._submit_chunk(
+                            client, gate, action.experiment, creates[i : i + BULK_CREATE_LIMIT]
+                        )
+                        for i in range(0, len(creates), BULK_CREATE_LIMIT)
+                    ),
                     return_exceptions=True,
                 )
             except BaseException:  # cancelled from outside: creates may be committed unseen
@@ -758,12 +847,99 @@ class PrefectBatch:
                 raise
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            # A create that failed (a timeout, say) may still have been committed: re-list
+            # A request that failed (a timeout, say) may still have been committed: re-list
             # every flow run of the batch next observe(), so none is missed and its runs are
             # not packed again under a new key (run twice).
             self._listed = False
             raise errors[0]  # as a sequential loop would: callers catch it
-        return [r for r in results if not isinstance(r, BaseException)]
+        return [run_id for ids in results if not isinstance(ids, BaseException) for run_id in ids]
+
+    def _group_create(
+        self,
+        experiment: str,
+        runs: tuple[RunAttempt, ...],
+        parameters: dict[str, Any],
+        in_pod: int,
+    ) -> DeploymentFlowRunCreate:
+        """The flow run of one group of a wave's runs (:meth:`submit_each`): one run is named
+        and tagged after it; a larger group is a wave of its own (``/pod`` key)."""
+        first = runs[0]
+        where = f"{self.batch_id}/{experiment}/{first.index}/{first.attempt}"
+        if len(runs) == 1:
+            name = f"{experiment}-run{first.index}-try{first.attempt}"
+            tags, key, parallel = [names.run_tag(first.index)], where, 1
+        else:
+            name = f"{experiment}-runs{first.index}-{runs[-1].index}-try{first.attempt}"
+            tags, key, parallel = [], f"{where}/pod", max(1, min(in_pod, len(runs)))
+        return self._flow_run_create(
+            experiment, runs, {**parameters, "parallelism": parallel}, name=name, tags=tags, key=key
+        )
+
+    async def _submit_chunk(
+        self,
+        client: PrefectClient,
+        gate: asyncio.Semaphore,
+        experiment: str,
+        chunk: list[DeploymentFlowRunCreate],
+    ) -> list[UUID]:
+        """The ids of ``chunk``'s flow runs, in its order, each recorded as it comes back:
+        one bulk create, or one create each on a server without the endpoint.
+
+        The server reports each flow run CREATED or FAILED. On SQLite a whole request is
+        often refused with "database is locked": its transaction reads before it writes,
+        and another writer (the server's own event persister, or another bulk create)
+        committed in between (SQLITE_BUSY_SNAPSHOT, at once, no waiting). A single create
+        gets a 503 for that, which Prefect's client retries; the bulk endpoint reports it
+        per flow run in a 200, so those are sent again here, after waits doubling from
+        :data:`BULK_RETRY_SECONDS` to :data:`BULK_RETRY_MAX_WAIT` (outside the gate), for
+        :data:`BULK_RETRY_PATIENCE` at most. The waits stay short: of N bulk creates in
+        flight on SQLite, each round one commits and the others are refused, so the last
+        needs N sends. Any other refusal, or one that outlasts that patience, raises
+        :class:`FlowRunsRefused`."""
+        ids: dict[int, UUID] = {}
+        pending = list(range(len(chunk)))
+        waited, wait = 0.0, BULK_RETRY_SECONDS
+        while True:
+            results = None
+            if self._bulk_create is not False:
+                async with gate:
+                    results = await self._create_runs(client, [chunk[i] for i in pending])
+            refused: list[tuple[int, str]] = []
+            if results is None:  # no bulk endpoint: one create each, below
+                break
+            for i, result in zip(pending, results, strict=True):
+                run_id = result.get("flow_run_id")
+                if result.get("status") == "CREATED" and run_id:
+                    ids[i] = UUID(str(run_id))
+                    self._unsettled.add(ids[i])
+                else:
+                    refused.append((i, str(result.get("error") or result.get("status"))))
+            pending = [i for i, _ in refused]
+            passing = all(SQLITE_LOCKED in reason for _, reason in refused)
+            if not refused or not passing or waited + wait > BULK_RETRY_PATIENCE:
+                break
+            await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+            waited, wait = waited + wait, min(2 * wait, BULK_RETRY_MAX_WAIT)
+        if refused:
+            failed = [(str(chunk[i].name), reason) for i, reason in refused]
+            raise FlowRunsRefused(_refused_message(experiment, failed, len(chunk)))
+        singles = await asyncio.gather(
+            *(self._submit_one(client, gate, chunk[i]) for i in pending), return_exceptions=True
+        )
+        for single in singles:
+            if isinstance(single, BaseException):
+                raise single  # the others finished (above): none cancelled in flight
+        ids.update(zip(pending, cast(list[UUID], singles), strict=True))
+        return [ids[i] for i in range(len(chunk))]
+
+    async def _submit_one(
+        self, client: PrefectClient, gate: asyncio.Semaphore, create: DeploymentFlowRunCreate
+    ) -> UUID:
+        """One create, recorded as it comes back (a server without the bulk endpoint)."""
+        async with gate:
+            run_id = await self._create_run(client, create)
+        self._unsettled.add(run_id)
+        return run_id
 
     async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
         out: list[FlowRun] = []
