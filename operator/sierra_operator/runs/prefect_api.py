@@ -128,9 +128,10 @@ def _refused_message(experiment: str, refused: list[tuple[str, str]], total: int
         listed = ", ".join(names_[:REFUSED_NAMES])
         more = f" and {len(names_) - REFUSED_NAMES} more" if len(names_) > REFUSED_NAMES else ""
         parts.append(f"{listed}{more}: {reason}")
+    others = " (the others were created)" if len(refused) < total else ""
     return (
         f"Prefect refused {len(refused)} of {total} flow runs of {experiment} in a bulk "
-        f"create (the others were created): {'; '.join(parts)}"
+        f"create{others}: {'; '.join(parts)}"
     )
 
 
