@@ -369,7 +369,7 @@ def main() -> None:
         Size(*map(int, s.split("x")), args.experiments, args.big_wave)
         for s in args.sizes.split(",")
     ]
-    env = {"SIERRA_OPERATOR_LOG_LEVEL": "WARNING"}
+    env = {"SIERRA_OPERATOR_LOG_LEVEL": os.environ.get("SIERRA_OPERATOR_LOG_LEVEL", "WARNING")}
     if args.submit_concurrency:
         env["SIERRA_OPERATOR_SUBMIT_CONCURRENCY"] = str(args.submit_concurrency)
     # SIGTERM (e.g. `timeout`) must still run the finally below: never orphan a server.
