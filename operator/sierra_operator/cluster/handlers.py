@@ -7,6 +7,7 @@ Progress and diff-base live in annotations, so the status subresource holds only
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from sierra_operator.cluster.crd import PLURAL
 from sierra_operator.cluster.image_stage import ImageStage
 from sierra_operator.cluster.reconciler import finalize, reconcile, status_patch
 from sierra_operator.cluster.settings import OperatorSettings
-from sierra_operator.core.idle import needs_reconcile
+from sierra_operator.core.idle import FinalWrites, is_final, needs_reconcile
 from sierra_operator.core.model import GROUP, VERSION
 from sierra_operator.runs.prefect_api import PrefectClients
 
@@ -53,6 +54,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # One submit gate per shared client, across batches (see PrefectClients.submit_gate).
     memo.prefect_clients = PrefectClients(SETTINGS.submit_concurrency)
     memo.images = ImageStage(SETTINGS.docker_host)
+    memo.final_writes = FinalWrites()
 
 
 @kopf.on.cleanup()
@@ -84,6 +86,8 @@ def _needs_reconcile(body: kopf.Body, **_: Any) -> bool:
 )
 async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile one batch; a status patch only when the stored status would change."""
+    if memo.final_writes.pending(body, time.monotonic()):
+        return  # its final status is written; this copy of the batch is older than that
     try:
         outcome = await reconcile(
             body,
@@ -99,6 +103,8 @@ async def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) ->
     change = status_patch(body.get("status"), outcome.status)
     if change:
         patch.status.update(change)
+        if is_final(outcome.status.model_dump(mode="json", by_alias=True)):
+            memo.final_writes.wrote(body, time.monotonic())
     _post(body, outcome.events)
 
 
@@ -108,5 +114,6 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _post(body, await finalize(body, SETTINGS, memo.kube_api))
     uid = body.get("metadata", {}).get("uid")
     memo.images.forget(uid)
+    memo.final_writes.forget(str(uid))
     for key in [k for k in memo.prefect_batches if k[0] == uid]:
         del memo.prefect_batches[key]
