@@ -200,6 +200,20 @@ class _ExperimentView:
         )
 
 
+def _views(
+    execution: ExecutionSpec, plan: Plan, observed: Mapping[RunKey, RunObservation]
+) -> list[_ExperimentView]:
+    """Every experiment with the class of each of its runs (what decide and next_wave read)."""
+    max_attempts = execution.retries + 1
+    return [
+        _ExperimentView(
+            exp,
+            tuple(_classify(observed.get((exp.name, r.index)), max_attempts) for r in exp.runs),
+        )
+        for exp in plan.experiments
+    ]
+
+
 def set_condition(
     conditions: Sequence[Condition], new: Condition, now: datetime
 ) -> list[Condition]:
@@ -230,14 +244,7 @@ def decide(
     generation: int | None = None,
 ) -> Decision:
     """The next actions and the new status. Same inputs, same answer."""
-    max_attempts = execution.retries + 1
-    views = [
-        _ExperimentView(
-            exp,
-            tuple(_classify(observed.get((exp.name, r.index)), max_attempts) for r in exp.runs),
-        )
-        for exp in plan.experiments
-    ]
+    views = _views(execution, plan, observed)
     any_failed = any(v.count(_RunClass.FAILED) for v in views)
     stopping = any_failed and execution.failure_policy is FailurePolicy.STOP_BATCH
     any_active = any(v.active for v in views)
@@ -323,22 +330,10 @@ def next_wave(
     itself returns a :class:`SubmitRuns` with the same :attr:`~SubmitRuns.wave_key` (a
     retry of the current experiment comes first; a final failure under StopBatch means the
     prepared wave is withdrawn, never run)."""
-    max_attempts = execution.retries + 1
-    current = next(
-        (
-            exp
-            for exp in plan.experiments
-            if not all(
-                _classify(observed.get((exp.name, r.index)), max_attempts)
-                in (_RunClass.SUCCEEDED, _RunClass.FAILED)
-                for r in exp.runs
-            )
-        ),
-        None,
-    )
-    if current is None:
+    view = next((v for v in _views(execution, plan, observed) if not v.final), None)
+    if view is None:
         return None
-    classes = [_classify(observed.get((current.name, r.index)), max_attempts) for r in current.runs]
+    current, classes = view.spec, view.classes
     if _RunClass.UNSUBMITTED in classes or _RunClass.RETRYABLE in classes:
         return None
     if all(c is _RunClass.QUEUED for c in classes):
