@@ -17,11 +17,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from sierra_operator.cluster import rbac
+from sierra_operator.core import names
 from sierra_operator.local.server import free_port
 from tests.image_env import BASE_IMAGE, PASSWORD, ImageEnv, missing_tools
 from tests.integration.cluster import (
@@ -79,6 +81,22 @@ def pool_exists(api_url: str, name: str) -> bool:
                 return True
             except ObjectNotFound:
                 return False
+
+    return asyncio.run(read())
+
+
+def flow_runs(api_url: str, batch_uid: str) -> list[Any]:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    async def read() -> list[Any]:
+        async with PrefectClient(api=api_url) as client:
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[f"sierra-batch:{batch_uid}"])
+                ),
+                limit=200,
+            )
 
     return asyncio.run(read())
 
@@ -166,11 +184,16 @@ def test_batches_in_two_namespaces_run_end_to_end(
     assert alive.status_code == 200, "`sierra-operator run --liveness` serves kopf's probe"
 
 
-def test_experiments_in_order_with_bounded_parallelism(kube, jobs, operator, workers, tmp_module):
+def test_experiments_in_order_with_bounded_parallelism(
+    kube, jobs, operator, workers, prefect_api_url, tmp_module
+):
+    """Experiments one after the other, at most ``parallelism`` runs at once; the next
+    experiment is held ahead (created in a paused queue while the current one runs: runs/
+    held.py) and still starts only after the current one ended, each run once."""
     mount = tmp_module / "root-order"
-    kube.create_batch(
+    uid = kube.create_batch(
         "lab-c", batch_doc("ordered", mount, [[probe(2.0)] * 3, [probe(0.5)] * 2], parallelism=2)
-    )
+    )["metadata"]["uid"]
     workers.start_from_deployment("lab-c", "ordered-worker")
     wait_for(lambda: kube.phase("lab-c", "ordered") == "Succeeded", 300, "lab-c/ordered to succeed")
     spans = intervals(events(mount / "ordered"))
@@ -179,6 +202,13 @@ def test_experiments_in_order_with_bounded_parallelism(kube, jobs, operator, wor
     exp1_start = min(start for (e, _, _), (start, _) in spans.items() if e == "c1-exp1")
     assert exp0_end <= exp1_start, "c1-exp1 starts after every run of c1-exp0 ended"
     assert max_overlap(list(spans.values())) <= 2, "pool concurrency limit = parallelism"
+    runs = flow_runs(prefect_api_url, uid)
+    assert len(runs) == 5, "held or not, one flow run per run"
+    exp0_ended = max(r.end_time for r in runs if r.parameters["experiment"] == "c1-exp0")
+    exp1 = [r for r in runs if r.parameters["experiment"] == "c1-exp1"]
+    assert all(r.created < exp0_ended for r in exp1), "c1-exp1 was created ahead, held"
+    held_in = {names.held_experiment(names.DEFAULT_QUEUE, r.work_queue_name) for r in exp1}
+    assert held_in == {"c1-exp1"}, "in a hold queue of its own"
 
 
 def test_runs_per_pod_packs_runs_into_fewer_jobs(

@@ -62,7 +62,6 @@ def children(**kw: Any) -> list[dict[str, Any]]:
         spec(**kw),
         WorkerConfig(
             "sierra-lab-a-forage",
-            "sierra-queue",
             "http://prefect:4200/api",
             "ghcr.io/x/sierra-operator:0.1.0",
         ),
@@ -122,7 +121,7 @@ def test_worker_deployment_runs_a_kubernetes_worker_for_the_pool_with_probes():
             prefect={"apiKeySecret": {"name": "prefect", "key": "api-key"}},
             execution={"workers": 3},
         ),
-        WorkerConfig(pool="p", queue="q", api_url="http://prefect:4200/api", image="img"),
+        WorkerConfig(pool="p", api_url="http://prefect:4200/api", image="img"),
     )
     parse_as_kind(dep)
     pod = dep["spec"]["template"]["spec"]
@@ -131,6 +130,8 @@ def test_worker_deployment_runs_a_kubernetes_worker_for_the_pool_with_probes():
     assert cmd[:3] == ["prefect", "worker", "start"]
     assert cmd[cmd.index("--pool") + 1] == "p" and cmd[cmd.index("--type") + 1] == "kubernetes"
     assert "--with-healthcheck" in cmd
+    # every queue of the pool: held waves wait in queues of their own (runs/held.py)
+    assert "--work-queue" not in cmd
     env = {e["name"]: e for e in container["env"]}
     assert env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["value"] == "lab-a"
     assert env["PREFECT_API_KEY"]["valueFrom"]["secretKeyRef"] == {

@@ -14,6 +14,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from sierra_operator.cluster.manifests import Manifest
+from sierra_operator.core import names
 
 
 def _api_for(api: client.ApiClient, kind: str) -> tuple[Any, str]:
@@ -65,6 +66,22 @@ async def read_secret(api: client.ApiClient, namespace: str, name: str) -> dict[
             return None
         raise
     return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+
+async def workers_poll_every_queue(api: client.ApiClient, namespace: str, name: str) -> bool:
+    """Whether the worker Deployment ``name`` polls every queue of its pool (rendered by this
+    version), so a wave held in a queue of its own is seen once released (runs/held.py).
+    False for a Deployment of an older version (started for one queue) or none at all."""
+    try:
+        found = await client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    containers = found.spec.template.spec.containers or []
+    return bool(containers) and all(
+        names.WORKER_QUEUE_FLAG not in (c.command or []) + (c.args or []) for c in containers
+    )
 
 
 async def scale_workers(api: client.ApiClient, namespace: str, name: str, replicas: int) -> None:

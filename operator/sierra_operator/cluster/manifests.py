@@ -62,8 +62,7 @@ class BatchRef:
 class WorkerConfig:
     """Where a batch's Prefect workers connect and which image they run."""
 
-    pool: str
-    queue: str
+    pool: str  # every queue of it: the batch's and its held waves'
     api_url: str
     image: str
 
@@ -168,7 +167,7 @@ def render_worker_deployment(
                             "image": worker.image,
                             "command": [
                                 "prefect",
-                                *names.worker_start_args(worker.pool, worker.queue, "kubernetes"),
+                                *names.worker_start_args(worker.pool, "kubernetes"),
                                 "--with-healthcheck",
                             ],
                             "env": env,

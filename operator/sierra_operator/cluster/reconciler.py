@@ -8,6 +8,7 @@ Prefect report now, so a restarted operator continues where it was and creates n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +27,15 @@ from sierra_operator.cluster.job_template import (
 from sierra_operator.cluster.manifests import BatchRef, WorkerConfig, claim_name, render_children
 from sierra_operator.cluster.settings import OperatorSettings
 from sierra_operator.core import merge_patch, names
-from sierra_operator.core.machine import SubmitRuns, decide, pod_shape, set_condition
+from sierra_operator.core.machine import (
+    RunKey,
+    RunObservation,
+    SubmitRuns,
+    decide,
+    next_wave,
+    pod_shape,
+    set_condition,
+)
 from sierra_operator.core.model import (
     TERMINAL_PHASES,
     BatchPhase,
@@ -42,12 +51,15 @@ from sierra_operator.core.model import (
     stored_batch,
 )
 from sierra_operator.core.plan import Plan, PlanError, plan_from_experiments, plan_from_json
+from sierra_operator.runs import held as held_waves
 from sierra_operator.runs.prefect_api import (
     FlowRunsRefused,
     PoolConflict,
     PrefectBatch,
     PrefectClients,
 )
+
+log = logging.getLogger(__name__)
 
 Event = tuple[str, str, str]
 """(type, reason, message) of a Kubernetes Event to post on the batch."""
@@ -410,7 +422,7 @@ async def _children(
     if ctx.previous.observed_generation != ctx.generation or not _is_true(
         ctx.previous, "StorageReady"
     ):
-        worker = WorkerConfig(prefect.pool, prefect.queue, api_url, ctx.settings.worker_image)
+        worker = WorkerConfig(prefect.pool, api_url, ctx.settings.worker_image)
         # A changed spec reaches the worker Deployment (Prefect URL, replicas); the other
         # children are the same for any spec, and a PVC's spec cannot change.
         changed = ctx.previous.observed_generation not in (None, ctx.generation)
@@ -531,8 +543,10 @@ async def _plan(
 async def _advance(
     ctx: _Batch, status: BatchStatus, prefect: PrefectBatch, plan: Plan, batch_root: str
 ) -> Outcome:
-    """Observe the runs, let the state machine decide, submit what it asks for."""
+    """Observe the runs, let the state machine decide, submit what it asks for; then hold
+    the wave that comes next, if any, so it starts with one request (runs/held.py)."""
     spec = ctx.spec
+    await held_waves.load(prefect)  # once per operator process: which waves are held
     observed = await prefect.observe()
     decision = decide(
         spec.execution,
@@ -559,9 +573,10 @@ async def _advance(
             held.append(f"{action.experiment}: retry waits until the Job(s) of {waiting} are gone")
             continue
         shape = pod_shape(spec.execution.parallelism, spec.execution.runs_per_pod)
-        await prefect.submit_each(
-            action, parameters, spec.execution.runs_per_pod, in_pod=shape.in_pod
-        )
+        if not await held_waves.release(prefect, action):
+            await prefect.submit_each(
+                action, parameters, spec.execution.runs_per_pod, in_pod=shape.in_pod
+            )
         ctx.events.append(
             (
                 "Normal",
@@ -574,12 +589,45 @@ async def _advance(
         status = status.model_copy(update={"message": "; ".join(held)})
     ctx.events += failure_events(ctx.previous, status)
     if status.phase in TERMINAL_PHASES:
+        await held_waves.withdraw(prefect)
         await kube.scale_workers(
             ctx.kube_api, ctx.ref.namespace, names.worker_name(ctx.ref.name), 0
         )
         kind = "Normal" if status.phase is BatchPhase.SUCCEEDED else "Warning"
         ctx.events.append((kind, status.phase.value, status.message))
+    elif not decision.actions and not spec.suspend:
+        await _hold_next(ctx, prefect, plan, observed, status, parameters)
     return Outcome(status, ctx.events)
+
+
+async def _hold_next(
+    ctx: _Batch,
+    prefect: PrefectBatch,
+    plan: Plan,
+    observed: Mapping[RunKey, RunObservation],
+    status: BatchStatus,
+    parameters: dict[str, Any],
+) -> None:
+    """Create the wave that comes next, held (runs/held.py), while the current one executes.
+
+    Only for a batch whose workers poll every queue of its pool (asked once per operator
+    process: an older version's workers never see a hold queue). An optimisation only: a
+    hold that fails is logged and the wave is submitted as usual when decided."""
+    execution = ctx.spec.execution
+    wave = next_wave(execution, plan, observed, status, ctx.now)
+    if wave is None:
+        return
+    if prefect.holds_allowed is None:
+        prefect.holds_allowed = await kube.workers_poll_every_queue(
+            ctx.kube_api, ctx.ref.namespace, names.worker_name(ctx.ref.name)
+        )
+    if not prefect.holds_allowed:
+        return
+    shape = pod_shape(execution.parallelism, execution.runs_per_pod)
+    try:
+        await held_waves.hold(prefect, wave, parameters, execution.runs_per_pod, shape.in_pod)
+    except PREFECT_ERRORS as exc:
+        log.warning("batch %s: could not hold %s ahead: %s", ctx.ref.uid, wave.experiment, exc)
 
 
 async def _previous_attempts_left(ctx: _Batch, prefect: PrefectBatch, action: SubmitRuns) -> str:

@@ -99,6 +99,29 @@ def cluster_pool(namespace: str, batch: str) -> str:
     return f"sierra-{namespace}-{batch}"[:100]
 
 
-def worker_start_args(pool: str, queue: str, worker_type: str) -> list[str]:
-    """`prefect worker start` arguments (after `prefect`) for one batch's pool and queue."""
-    return ["worker", "start", "--pool", pool, "--work-queue", queue, "--type", worker_type]
+def worker_start_args(pool: str, worker_type: str) -> list[str]:
+    """`prefect worker start` arguments (after `prefect`) for one batch's pool: every queue of
+    it (the batch's queue and the queues of its held waves, :func:`hold_queue`)."""
+    return ["worker", "start", "--pool", pool, "--type", worker_type]
+
+
+WORKER_QUEUE_FLAG = "--work-queue"
+"""What a worker started for one queue only has in its command (workers of older versions):
+such a worker never sees a held wave's queue, so no wave of its batch is held."""
+
+
+HELD_STATE = "Held"
+"""Name of the (Scheduled) state a held wave's flow runs are created in."""
+
+
+def hold_queue(queue: str, experiment: str, wave_key: str) -> str:
+    """Work queue, created paused, of one wave held ahead (the operator's prefetch): one per
+    wave, so a queue once released or withdrawn is never used for another wave."""
+    digest = hashlib.sha256(wave_key.encode()).hexdigest()[:8]
+    return f"{queue}-held-{digest}-{experiment}"
+
+
+def held_experiment(queue: str, name: str) -> str | None:
+    """The experiment of a :func:`hold_queue` name of ``queue``, or None for any other queue."""
+    found = re.fullmatch(re.escape(f"{queue}-held-") + r"[0-9a-f]{8}-(.+)", name)
+    return found.group(1) if found else None

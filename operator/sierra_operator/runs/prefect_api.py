@@ -416,6 +416,15 @@ class PlanRun:
     message: str
 
 
+@dataclass(frozen=True)
+class HoldQueue:
+    """A paused work queue a wave is held in until the state machine starts it (runs/held.py)."""
+
+    id: UUID
+    experiment: str
+    paused: bool
+
+
 @dataclass
 class PrefectBatch:
     """One batch's objects on one Prefect server."""
@@ -441,8 +450,13 @@ class PrefectBatch:
     # Every flow run of the batch read once. Local mode sets it from the start: its batch
     # id is new (one per invocation), so there is nothing to list yet.
     _listed: bool = False
-    # Prepared flow runs (local mode) whose gate has not opened: observed, not reported.
-    _hidden: set[UUID] = field(default_factory=set)
+    # Flow runs of waves held ahead, observed, not reported: local mode's prepared ones whose
+    # gate has not opened (""), the operator's in a paused hold queue (its name).
+    _hidden: dict[UUID, str] = field(default_factory=dict)
+    # The operator's held waves (runs/held.py): this batch's hold queues by name (None: not
+    # read yet) and whether its workers poll them (None: not asked yet).
+    hold_queues: dict[str, HoldQueue] | None = None
+    holds_allowed: bool | None = None
     flow_runs_read: int = 0  # flow runs read by observe() so far (what it costs Prefect)
     # Which flow run executes (experiment, run, attempt): to stop an attempt for good.
     attempt_flow_runs: dict[tuple[str, int, int], UUID] = field(default_factory=dict)
@@ -656,10 +670,12 @@ class PrefectBatch:
         name: str,
         tags: list[str],
         key: str,
+        work_queue: str | None = None,
     ) -> DeploymentFlowRunCreate:
         """One flow run of the experiment flow executing ``runs``, as the client's create
         sends it (Scheduled now); ``key`` makes it idempotent. Single and bulk creates both
-        send this: the same flow run either way."""
+        send this: the same flow run either way. ``work_queue``: a queue of the pool other
+        than the deployment's (a held wave's)."""
         return DeploymentFlowRunCreate(
             parameters={
                 **parameters,
@@ -668,10 +684,14 @@ class PrefectBatch:
                     {"index": r.index, "command": r.command, "attempt": r.attempt} for r in runs
                 ],
             },
-            state=to_state_create(Scheduled()),
+            # Held: Scheduled by type (a worker takes it once its queue is released), named so
+            # that Prefect's late-runs service leaves it alone (it marks only "Scheduled" ones
+            # Late, a state write per flow run) and the UI says why it waits.
+            state=to_state_create(Scheduled(name=names.HELD_STATE) if work_queue else Scheduled()),
             name=name,
             tags=[names.batch_tag(self.batch_id), names.experiment_tag(experiment), *tags],
             idempotency_key=key,
+            work_queue_name=work_queue,
         )
 
     async def _create_run(self, client: PrefectClient, create: DeploymentFlowRunCreate) -> UUID:
@@ -689,6 +709,7 @@ class PrefectBatch:
             name=create.name,
             tags=create.tags,
             idempotency_key=create.idempotency_key,
+            work_queue_name=create.work_queue_name,
         )
         return created.id
 
@@ -771,13 +792,22 @@ class PrefectBatch:
                 ),
             )
         if prepared:
-            self._hidden.add(run_id)
+            self._hidden[run_id] = ""
         self._unsettled.add(run_id)
         return run_id
 
     def reveal(self, flow_run_id: UUID) -> None:
         """A prepared flow run's gate opened: its runs count from the next observe on."""
-        self._hidden.discard(flow_run_id)
+        self._hidden.pop(flow_run_id, None)
+
+    def held_in(self, queue: str) -> list[UUID]:
+        """The flow runs known to wait in hold queue ``queue`` (hidden from observe)."""
+        return [run_id for run_id, where in self._hidden.items() if where == queue]
+
+    def reveal_queue(self, queue: str) -> None:
+        """Hold queue ``queue`` was released: its flow runs count from the next observe on."""
+        for run_id in self.held_in(queue):
+            del self._hidden[run_id]
 
     def ended(self, flow_run_id: UUID) -> bool:
         """Whether the flow run was last observed final (a prepared one that died before
@@ -790,9 +820,14 @@ class PrefectBatch:
         parameters: dict[str, Any],
         runs_per_pod: int = 1,
         in_pod: int = 1,
+        hold_queue: str | None = None,
     ) -> list[UUID]:
         """One flow run per group of ``runs_per_pod`` runs of the wave (cluster: each group
         is its own Job/pod, executing ``in_pod`` of its runs at a time).
+
+        ``hold_queue``: the wave is held ahead (runs/held.py): its flow runs go to that paused
+        queue under keys of their own (``/held``), hidden from :meth:`observe` until the
+        queue is released (:meth:`reveal_queue`).
 
         A group of one run is that run's flow run (its state is the run's outcome); a larger
         group is a wave of its own, observed through its task runs like local mode's.
@@ -825,7 +860,7 @@ class PrefectBatch:
             else asyncio.Semaphore(max(1, self.submit_concurrency))
         )
         creates = [
-            self._group_create(action.experiment, runs, parameters, in_pod)
+            self._group_create(action.experiment, runs, parameters, in_pod, hold_queue)
             for runs in pack(action.runs, runs_per_pod)
         ]
         async with self.client() as client:
@@ -861,9 +896,12 @@ class PrefectBatch:
         runs: tuple[RunAttempt, ...],
         parameters: dict[str, Any],
         in_pod: int,
+        hold_queue: str | None = None,
     ) -> DeploymentFlowRunCreate:
         """The flow run of one group of a wave's runs (:meth:`submit_each`): one run is named
-        and tagged after it; a larger group is a wave of its own (``/pod`` key)."""
+        and tagged after it; a larger group is a wave of its own (``/pod`` key); a held one
+        waits in ``hold_queue`` (``/held`` key: the same runs submitted for real later, the
+        held wave withdrawn, are other flow runs)."""
         first = runs[0]
         where = f"{self.batch_id}/{experiment}/{first.index}/{first.attempt}"
         if len(runs) == 1:
@@ -873,7 +911,13 @@ class PrefectBatch:
             name = f"{experiment}-runs{first.index}-{runs[-1].index}-try{first.attempt}"
             tags, key, parallel = [], f"{where}/pod", max(1, min(in_pod, len(runs)))
         return self._flow_run_create(
-            experiment, runs, {**parameters, "parallelism": parallel}, name=name, tags=tags, key=key
+            experiment,
+            runs,
+            {**parameters, "parallelism": parallel},
+            name=name,
+            tags=tags,
+            key=key + ("/held" if hold_queue else ""),
+            work_queue=hold_queue,
         )
 
     async def _submit_chunk(
@@ -911,8 +955,7 @@ class PrefectBatch:
             for i, result in zip(pending, results, strict=True):
                 run_id = result.get("flow_run_id")
                 if result.get("status") == "CREATED" and run_id:
-                    ids[i] = UUID(str(run_id))
-                    self._unsettled.add(ids[i])
+                    ids[i] = self._created(chunk[i], UUID(str(run_id)))
                 else:
                     refused.append((i, str(result.get("error") or result.get("status"))))
             pending = [i for i, _ in refused]
@@ -939,7 +982,14 @@ class PrefectBatch:
         """One create, recorded as it comes back (a server without the bulk endpoint)."""
         async with gate:
             run_id = await self._create_run(client, create)
+        return self._created(create, run_id)
+
+    def _created(self, create: DeploymentFlowRunCreate, run_id: UUID) -> UUID:
+        """Remember a flow run as soon as its id comes back: observed from the next tick on,
+        hidden if it waits in a hold queue."""
         self._unsettled.add(run_id)
+        if create.work_queue_name:
+            self._hidden[run_id] = create.work_queue_name
         return run_id
 
     async def _flow_runs(self, client: PrefectClient, **filters: Any) -> list[FlowRun]:
@@ -993,7 +1043,10 @@ class PrefectBatch:
                 by_flow.setdefault(tr.flow_run_id, {})[index] = tr
         lookup = ledger_lookup if self.read_records else None
         now = datetime.now(UTC)
+        held = {name for name, q in (self.hold_queues or {}).items() if q.paused}
         for fr in live:
+            if fr.work_queue_name in held:  # also after a restart: the queue says it
+                self._hidden.setdefault(fr.id, fr.work_queue_name)
             observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup, now)
             self._observed[fr.id] = observations
             if settled:
@@ -1032,12 +1085,22 @@ class PrefectBatch:
             return await self._wait_final(client, await self._live_ids(client), timeout)
 
     async def cancel_active(self, timeout: float = 30.0) -> int:
-        """Cancel this batch's unfinished flow runs and wait (bounded) until they are final."""
+        """Cancel this batch's unfinished flow runs and wait (bounded) until they are final.
+
+        Flow runs held in a paused queue (runs/held.py) are set Cancelled at once: no worker
+        has them, so none would confirm a Cancelling."""
         async with self.client() as client:
-            live = await self._live_ids(client)
-            for run_id in live:
-                await client.set_flow_run_state(run_id, Cancelling(), force=True)
-            return await self._wait_final(client, live, timeout)
+            flow_runs = await self._flow_runs(
+                client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
+            )
+            live = [fr for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+            for fr in live:
+                held = names.held_experiment(self.queue, fr.work_queue_name or "") is not None
+                if held and _state_type(fr) is StateType.SCHEDULED:
+                    await client.set_flow_run_state(fr.id, Cancelled(), force=True)
+                else:
+                    await client.set_flow_run_state(fr.id, Cancelling(), force=True)
+            return await self._wait_final(client, [fr.id for fr in live], timeout)
 
     async def mark_cancelled(self) -> int:
         """Mark this batch's unfinished flow runs Cancelled, once nothing executes them any

@@ -1,0 +1,152 @@
+"""Held waves (runs/held.py) against the real session Prefect server.
+
+What a worker would be handed is asked of the server's own scheduler, through the endpoint
+Prefect's workers poll (``POST /work_pools/{pool}/get_scheduled_flow_runs``): no worker
+runs here, so nothing executes, and the test sees exactly what one would get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from prefect.client.schemas.objects import StateType
+from prefect.workers.process import ProcessWorker
+
+from sierra_operator.core import names
+from sierra_operator.core.machine import RunAttempt, RunPhase, SubmitRuns
+from sierra_operator.runs import held
+from sierra_operator.runs.prefect_api import PrefectBatch
+
+pytestmark = pytest.mark.integration
+
+
+def wave(experiment: str, index: int, runs: int, attempt: int = 1) -> SubmitRuns:
+    return SubmitRuns(
+        experiment, index, tuple(RunAttempt(i, f"echo {i}", attempt) for i in range(runs))
+    )
+
+
+async def handed_out(batch: PrefectBatch) -> set[uuid.UUID]:
+    """The flow runs Prefect's scheduler gives a worker of the batch's pool (every queue)."""
+    async with batch.client() as client:
+        response = await client.request(
+            "POST",
+            "/work_pools/{name}/get_scheduled_flow_runs",
+            path_params={"name": batch.pool},
+            json={},
+        )
+    return {uuid.UUID(item["flow_run"]["id"]) for item in response.json()}
+
+
+def new_batch(api_url: str, batch_id: str, pool: str) -> PrefectBatch:
+    return PrefectBatch(api_url, batch_id, pool, "q", pool_type="process")
+
+
+def test_a_held_wave_is_handed_to_no_worker_until_released_also_after_a_restart(
+    prefect_api_url: str, tmp_path: Any
+) -> None:
+    """A held wave's flow runs exist and are hidden from observe; the scheduler hands none of
+    them out while the current experiment's runs are handed out; a restarted operator (a
+    fresh PrefectBatch) still hides them and releases them with one request; after the
+    release they are handed out and observed as submitted (queued)."""
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
+    batch = new_batch(*ids)
+    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    current, following = wave("e0", 0, 2), wave("e1", 1, 3)
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(str(tmp_path))
+        await held.load(batch)
+        running = set(await batch.submit_each(current, params))
+        out["held"] = await held.hold(batch, following, params)
+        held_ids = set(batch.held_in(names.hold_queue("q", "e1", following.wave_key)))
+        out["again"] = await held.hold(batch, following, params)  # next tick: nothing new
+        out["observed"] = await batch.observe()
+        out["handed_before"] = await handed_out(batch)
+        async with batch.client() as client:
+            out["state_names"] = {(await client.read_flow_run(i)).state_name for i in held_ids}
+        restarted = new_batch(*ids)
+        await held.load(restarted)
+        out["observed_restarted"] = await restarted.observe()
+        out["released"] = await held.release(restarted, following)
+        out["observed_after"] = await restarted.observe()
+        out["handed_after"] = await handed_out(batch)
+        out["running"], out["held_ids"] = running, held_ids
+        async with batch.client() as client:
+            out["queues"] = {
+                q.name: q.is_paused for q in await client.read_work_queues(work_pool_name=ids[2])
+            }
+        await batch.cancel_active(timeout=5)
+        await batch.cleanup()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["held"] is True and out["again"] is False, "held once, not on every tick"
+    assert len(out["held_ids"]) == 3, "one flow run per run of the held wave"
+    assert set(out["observed"]) == {("e0", 0), ("e0", 1)}, "held runs are not submitted yet"
+    assert out["handed_before"] == out["running"], "the scheduler hands out no held flow run"
+    assert out["state_names"] == {"Held"}, "not marked Late by Prefect while it waits"
+    assert set(out["observed_restarted"]) == {("e0", 0), ("e0", 1)}, "hidden after a restart"
+    assert out["released"]
+    after = out["observed_after"]
+    assert {k for k in after if k[0] == "e1"} == {("e1", 0), ("e1", 1), ("e1", 2)}
+    assert all(after[("e1", i)].phase is RunPhase.PENDING for i in range(3))
+    assert out["handed_after"] == out["running"] | out["held_ids"]
+    hold_name = names.hold_queue("q", "e1", following.wave_key)
+    assert out["queues"][hold_name] is False, "released: unpaused, for good"
+
+
+def test_a_held_wave_that_is_not_decided_is_withdrawn_having_run_nothing(
+    prefect_api_url: str, tmp_path: Any
+) -> None:
+    """When decide submits another wave of the held experiment (a run's attempt changed, say),
+    release refuses and withdraws the held one: its flow runs end Cancelled without ever being
+    handed out, stay hidden, and its queue stays paused; a wave whose queue exists is never
+    held again. On delete, a held flow run is Cancelled at once (no worker would confirm a
+    Cancelling)."""
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
+    batch = new_batch(*ids)
+    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    guessed, decided, later = wave("e1", 1, 2), wave("e1", 1, 2, attempt=2), wave("e2", 2, 1)
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(str(tmp_path))
+        await held.load(batch)
+        await held.hold(batch, guessed, params)
+        guessed_ids = batch.held_in(names.hold_queue("q", "e1", guessed.wave_key))
+        await batch.observe()
+        out["released"] = await held.release(batch, decided)
+        out["observed"] = await batch.observe()
+        out["handed"] = await handed_out(batch)
+        out["held_again"] = await held.hold(batch, guessed, params)
+        await held.hold(batch, later, params)
+        later_ids = batch.held_in(names.hold_queue("q", "e2", later.wave_key))
+        async with batch.client() as client:
+            out["states"] = [
+                (await client.read_flow_run(i)).state_type for i in guessed_ids + later_ids
+            ]
+            out["left"] = await batch.cancel_active(timeout=5)
+            out["later_states"] = [(await client.read_flow_run(i)).state_type for i in later_ids]
+            out["queues"] = {
+                q.name: q.is_paused for q in await client.read_work_queues(work_pool_name=ids[2])
+            }
+        out["guessed_ids"] = guessed_ids
+        await batch.cleanup()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["released"] is False, "not the decided wave: the caller submits it"
+    assert out["observed"] == {}, "the withdrawn wave's runs never count"
+    assert not set(out["guessed_ids"]) & out["handed"]
+    assert out["states"][:2] == [StateType.CANCELLED, StateType.CANCELLED]
+    assert out["states"][2] is StateType.SCHEDULED
+    assert out["held_again"] is False, "a withdrawn wave is never held again"
+    assert out["left"] == 0 and out["later_states"] == [StateType.CANCELLED]
+    assert out["queues"][names.hold_queue("q", "e1", guessed.wave_key)] is True
