@@ -3,20 +3,27 @@
 Real parts: the operator process (`sierra-operator run`), the Prefect server (PostgreSQL-
 backed when Debian's postgresql is installed, see tests/postgres_env.py; ``--database
 sqlite`` for the embedded one) and the clients over sockets. Stand-ins: tests/kube_api.py
-for the API server, and instead of worker pods running Jobs (10,000 pods cannot run on a
-2-core machine) this script completes each flow run ``--run-seconds`` after it is created,
-by setting its state COMPLETED in Prefect, as a run's engine would. The operator's Prefect
-requests go through bench/counting_proxy.py, which counts them and the flow runs they read.
+for the API server, and instead of workers and pods running Jobs (10,000 pods cannot run on
+a 2-core machine) this script's `Completer`: it polls Prefect every 0.15 s and takes a flow
+run only when a worker would be handed it (SCHEDULED, expected start time <= now, neither
+its work queue nor its work pool paused: flow runs held ahead in a paused queue wait until
+the operator unpauses it), sets it RUNNING (Prefect records its start time) and COMPLETED
+``--run-seconds`` later, as a run's engine would. Unlike a real worker it hands out work
+within ~0.15 s (not every PREFECT_WORKER_QUERY_SECONDS), starts it at once (no pod, no
+engine start) and ignores concurrency limits. The operator's Prefect requests go through
+bench/counting_proxy.py, which counts them and the flow runs they read.
 
 Each ``--sizes`` entry (e.g. ``10x100,100x100``) gets a fresh API emulator and operator
 (one Prefect server for all: its history grows, as a lab's does). Baseline: the operator's
 RSS before any batch exists, in the same run. Reported per size: the operator's peak RSS and
 RSS per batch; Kubernetes and Prefect requests per second and per tick (tick = one reconcile
 interval) while batches are active, and in an idle window once every batch is finished
-(target: zero); flow runs read per tick vs runs active; advance latency (experiment i's last
-run ended -> experiment i+1's first run created, Prefect's timestamps) with every batch
-active. Targets: RSS < 250 MB at 100 x 100, advance latency median < 1 s, Kubernetes
-requests O(batches whose status changed), Prefect requests O(active runs).
+(target: zero); flow runs read per tick vs runs active (not completed: held, waiting or
+running); advance latency with every batch active: experiment i's last run ended ->
+experiment i+1's first run started (Prefect's timestamps), and next to it the older figure,
+to its first run created (comparable with the older rows of bench/README.md; negative once
+waves are created ahead). Targets: RSS < 250 MB at 100 x 100, advance latency median < 1 s,
+Kubernetes requests O(batches whose status changed), Prefect requests O(active runs).
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 
@@ -103,57 +111,203 @@ class Size:
     active: tuple[Counts, Counts] | None = None
     idle: tuple[Counts, Counts] | None = None
     active_runs: list[int] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # to the first run's start
+    created_latencies: list[float] = field(default_factory=list)  # to the first run's creation
     submit_spans: list[float] = field(default_factory=list)
     cpu: float = 0.0  # the operator's CPU while batches were active, in cores
     big_span: float = 0.0  # the big wave: first to last flow run created
     during_big: list[float] = field(default_factory=list)  # others' latencies meanwhile
+    during_big_created: list[float] = field(default_factory=list)  # the same, to creation
 
 
 class Completer:
-    """Stand-in for worker pods: every flow run on the (private) server is set COMPLETED
-    ``run_seconds`` after it was created (the state a run's engine reports at its end)."""
+    """Stand-in for the workers and their pods: takes a flow run only when a Prefect worker
+    would be handed it, and ends it ``run_seconds`` later.
 
-    def __init__(self, api_url: str, run_seconds: float, in_flight: int = 8) -> None:
+    Runnable, as Prefect's scheduler (``get_scheduled_flow_runs``) decides for a worker:
+    state SCHEDULED, expected start time <= now, and neither its work queue nor its work pool
+    paused (so flow runs the operator holds ahead in a paused queue wait there until it
+    unpauses the queue). Taking one sets it RUNNING (forced: Prefect records its
+    ``start_time``, as when a run's engine starts it); ``run_seconds`` later it is set
+    COMPLETED (its ``end_time``). Each poll (every ``poll`` seconds) costs: one read of the
+    queues of the flow runs known held (their pause flags), one read of the SCHEDULED flow
+    runs due, minus those known held (so held ones, however many, never hide runnable ones
+    from a 200-run page), one read of the queues not seen yet, and the pools' pause flags at
+    most once a second; the held flow runs are re-read every 5 s (withdrawn ones leave)."""
+
+    PAGE = 200
+
+    def __init__(
+        self, api_url: str, run_seconds: float, in_flight: int = 8, poll: float = 0.15
+    ) -> None:
         self.api_url = api_url
         self.run_seconds = run_seconds
-        self.gate = asyncio.Semaphore(in_flight)
-        self.pending = 0  # flow runs created and not completed yet, at the last look
+        self.poll = poll
+        self.gate = asyncio.Semaphore(in_flight)  # state changes in flight
+        self.pending = 0  # flow runs not completed yet at the last look: held, due, running
         self.stop = False
+        self.held: dict[UUID, Any] = {}  # SCHEDULED flow runs last seen in a paused queue/pool
+        self.running: set[UUID] = set()  # taken, not completed yet
+        self.pools: dict[UUID, tuple[float, bool]] = {}  # pool -> (read at, paused)
+        self.ends: set[asyncio.Task[None]] = set()
+        self.unqueued = False  # a flow run without a work queue was seen (no worker gets it)
 
     async def run(self) -> None:
         from prefect.client.orchestration import PrefectClient
+
+        async with PrefectClient(api=self.api_url) as client:
+            purged = time.monotonic()
+            try:
+                while not self.stop:
+                    for end in [e for e in self.ends if e.done()]:
+                        self.ends.discard(end)
+                        end.result()  # a failed state change ends the benchmark, loudly
+                    if time.monotonic() - purged > 5.0:
+                        await self._purge(client)
+                        purged = time.monotonic()
+                    full = await self._poll(client)
+                    if not full:
+                        await asyncio.sleep(self.poll)
+            finally:
+                for end in self.ends:
+                    end.cancel()
+                await asyncio.gather(*self.ends, return_exceptions=True)
+
+    async def _poll(self, client: Any) -> bool:
+        """One look, as a worker's; takes what is runnable. True if the page was full."""
         from prefect.client.schemas.filters import (
             FlowRunFilter,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterId,
             FlowRunFilterState,
             FlowRunFilterStateType,
         )
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
+
+        # Held flow runs whose queue (and pool) is unpaused now are released: not excluded
+        # from the read below, which finds them if they are still SCHEDULED.
+        queues = await self._queues(client, {r.work_queue_id for r in self.held.values()})
+        await self._read_pools(client, self._pool_ids(self.held.values(), queues))
+        for run in list(self.held.values()):
+            if self._runnable(run, queues):
+                del self.held[run.id]
+        now: Any = datetime.now(UTC)  # a datetime: pydantic makes it Prefect's DateTime
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=now),
+                id=FlowRunFilterId(not_any_=list(self.held)) if self.held else None,
+            ),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=self.PAGE,
+        )
+        queues |= await self._queues(client, {r.work_queue_id for r in runs} - set(queues))
+        await self._read_pools(client, self._pool_ids(runs, queues))
+        take = []
+        for run in runs:
+            if self._runnable(run, queues):
+                take.append(run.id)
+            else:
+                self.held[run.id] = run
+        self.running.update(take)
+        self.pending = len(self.held) + len(self.running)
+        await asyncio.gather(*(self._take(client, i) for i in take))
+        return len(runs) == self.PAGE
+
+    def _runnable(self, run: Any, queues: dict[UUID, Any]) -> bool:
+        queue = queues.get(run.work_queue_id)
+        if queue is None:  # no queue (or deleted): no worker is ever handed it
+            if run.work_queue_id is None and not self.unqueued:
+                self.unqueued = True
+                print(f"note: flow run {run.id} has no work queue: never taken", flush=True)
+            return False
+        pool = run.work_pool_id or queue.work_pool_id
+        return not queue.is_paused and not (pool is not None and self.pools[pool][1])
+
+    @staticmethod
+    def _pool_ids(runs: Any, queues: dict[UUID, Any]) -> set[UUID]:
+        out = set()
+        for run in runs:
+            queue = queues.get(run.work_queue_id)
+            pool = run.work_pool_id or (queue.work_pool_id if queue is not None else None)
+            if pool is not None:
+                out.add(pool)
+        return out
+
+    async def _queues(self, client: Any, ids: set[Any]) -> dict[UUID, Any]:
+        """The work queues ``ids`` as they are now (pause flag, pool), by id."""
+        from prefect.client.schemas.filters import WorkQueueFilter, WorkQueueFilterId
+
+        wanted = [i for i in ids if i is not None]
+        out = {}
+        for at in range(0, len(wanted), self.PAGE):
+            chunk = wanted[at : at + self.PAGE]
+            for queue in await client.read_work_queues(
+                work_queue_filter=WorkQueueFilter(id=WorkQueueFilterId(any_=chunk)),
+                limit=self.PAGE,
+            ):
+                out[queue.id] = queue
+        return out
+
+    async def _read_pools(self, client: Any, ids: set[UUID]) -> None:
+        """Refresh the pause flags of pools ``ids`` read more than a second ago."""
+        from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterId
+
+        now = time.monotonic()
+        stale = [i for i in ids if i not in self.pools or now - self.pools[i][0] > 1.0]
+        for at in range(0, len(stale), self.PAGE):
+            chunk = stale[at : at + self.PAGE]
+            for pool_id in chunk:  # one not found (deleted) hands nothing out
+                self.pools[pool_id] = (now, True)
+            for pool in await client.read_work_pools(
+                work_pool_filter=WorkPoolFilter(id=WorkPoolFilterId(any_=chunk)),
+                limit=self.PAGE,
+            ):
+                self.pools[pool.id] = (now, pool.is_paused)
+
+    async def _purge(self, client: Any) -> None:
+        """Forget held flow runs that are no longer SCHEDULED (a withdrawn wave's)."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        ids = list(self.held)
+        still: set[UUID] = set()
+        for at in range(0, len(ids), self.PAGE):
+            page = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=ids[at : at + self.PAGE]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                    ),
+                ),
+                limit=self.PAGE,
+            )
+            still.update(r.id for r in page)
+        for run_id in set(ids) - still:
+            del self.held[run_id]
+
+    async def _take(self, client: Any, run_id: UUID) -> None:
+        """Start one flow run (RUNNING: its start_time) and end it ``run_seconds`` later."""
+        from prefect.states import Running
+
+        async with self.gate:
+            await client.set_flow_run_state(run_id, Running(), force=True)
+        end = asyncio.ensure_future(self._end(client, run_id, time.monotonic()))
+        self.ends.add(end)
+
+    async def _end(self, client: Any, run_id: UUID, started: float) -> None:
         from prefect.states import Completed
 
-        async with PrefectClient(api=self.api_url) as client:
-
-            async def complete(run_id: Any) -> None:
-                async with self.gate:
-                    await client.set_flow_run_state(run_id, Completed(), force=True)
-
-            while not self.stop:
-                runs = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
-                        ),
-                    ),
-                    sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                    limit=200,
-                )
-                self.pending = len(runs)
-                now = time.time()
-                due = [r.id for r in runs if r.created.timestamp() + self.run_seconds <= now]
-                await asyncio.gather(*(complete(i) for i in due))
-                if not due:
-                    await asyncio.sleep(0.2)
+        await asyncio.sleep(max(0.0, started + self.run_seconds - time.monotonic()))
+        async with self.gate:
+            await client.set_flow_run_state(run_id, Completed(), force=True)
+        self.running.discard(run_id)
 
 
 def snapshot(kube_tmp: Path, proxy_url: str) -> Counts:
@@ -174,10 +328,12 @@ def phases(kube: KubeAPI) -> dict[str, int]:
 
 @dataclass
 class Wave:
-    """One experiment of one batch as Prefect recorded it."""
+    """One experiment of one batch as Prefect recorded it (its flow runs that ran: a held
+    wave withdrawn before it ran is not part of it, its replacement is)."""
 
-    first: datetime
-    last: datetime
+    first: datetime  # its first flow run created
+    last: datetime  # its last flow run created
+    started: datetime | None  # its first flow run to start (RUNNING), once one did
     ended: datetime | None  # its last run's end, once all ended
 
 
@@ -186,7 +342,7 @@ async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
     from prefect.client.orchestration import PrefectClient
 
     async with PrefectClient(api=api_url) as client:
-        runs = []
+        runs: list[Any] = []
         while True:
             page = await client.read_flow_runs(limit=200, offset=len(runs))
             runs += page
@@ -200,25 +356,36 @@ async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
             grouped.setdefault((batch.removeprefix("sierra-batch:"), exp), []).append(run)
     out = {}
     for key, wave in grouped.items():
-        ends = [r.end_time for r in wave]
-        ended = max(ends) if all(ends) else None
-        out[key] = Wave(min(r.created for r in wave), max(r.created for r in wave), ended)
+        # Flow runs that never started (a held wave withdrawn: Cancelled) are not the wave.
+        ran = [r for r in wave if r.start_time is not None] or wave
+        starts = [r.start_time for r in ran if r.start_time is not None]
+        ends = [r.end_time for r in ran]
+        out[key] = Wave(
+            min(r.created for r in ran),
+            max(r.created for r in ran),
+            min(starts) if starts else None,
+            max(ends) if all(ends) else None,
+        )
     return out
 
 
 def latencies(
-    waves: dict[tuple[str, int], Wave], within: tuple[datetime, datetime] | None = None
+    waves: dict[tuple[str, int], Wave],
+    within: tuple[datetime, datetime] | None = None,
+    created: bool = False,
 ) -> list[float]:
-    """Per experiment i > 0: created(first run of i) - ended(last run of i-1); only those
-    that started ``within`` a window if given."""
+    """Per experiment i > 0: started(first flow run of i to start) - ended(last run of i-1)
+    (``created``: created(first flow run of i) - ended(i-1), the older figure: it goes
+    negative once waves are created ahead); only advances whose experiment i started
+    ``within`` a window if given."""
     out = []
     for (batch, exp), wave in waves.items():
         before = waves.get((batch, exp - 1))
-        if before is None or before.ended is None:
+        if before is None or before.ended is None or wave.started is None:
             continue
-        if within is not None and not within[0] <= wave.first <= within[1]:
+        if within is not None and not within[0] <= wave.started <= within[1]:
             continue
-        out.append((wave.first - before.ended).total_seconds())
+        out.append(((wave.first if created else wave.started) - before.ended).total_seconds())
     return out
 
 
@@ -298,19 +465,25 @@ def measure(
         size.idle = (quiet, snapshot(tmp, proxy_url))
         size.rss_end = rss_mb(pid)
         waves = asyncio.run(waves_of(api_url, uids | {big}))
-        size.latencies = latencies({k: w for k, w in waves.items() if k[0] != big})
+        others = {k: w for k, w in waves.items() if k[0] != big}
+        size.latencies = latencies(others)
+        size.created_latencies = latencies(others, created=True)
         size.submit_spans = [(w.last - w.first).total_seconds() for w in waves.values()]
         if big:
             wave = waves[(big, 0)]
             size.big_span = (wave.last - wave.first).total_seconds()
-            others = {k: w for k, w in waves.items() if k[0] != big}
             size.during_big = latencies(others, (wave.first, wave.last))
+            size.during_big_created = latencies(others, (wave.first, wave.last), created=True)
         loop.close()
     finally:
         if operator is not None:
             operator.stop()
         proxy.stop()
         kube.proc.kill()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def row(size: Size, interval: float) -> str:
@@ -332,12 +505,13 @@ def row(size: Size, interval: float) -> str:
     p90 = lat[int(0.9 * (len(lat) - 1))] if lat else float("nan")
     per_batch = (size.rss_peak - size.rss_base) / size.batches
     load = os.getloadavg()
+    created = median(size.created_latencies)
     big = ""
     if size.big_wave:
-        during = statistics.median(size.during_big) if size.during_big else float("nan")
         big = (
             f" {size.big_wave}-run wave submitted in {size.big_span:.1f} s; meanwhile "
-            f"{len(size.during_big)} advances of other batches, median {during:.2f} s |"
+            f"{len(size.during_big)} advances of other batches (first run started), median "
+            f"{median(size.during_big):.2f} s (created: {median(size.during_big_created):.2f} s) |"
         )
     return (
         f"| {datetime.now():%Y-%m-%d %H:%M} | {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} | "
@@ -348,7 +522,8 @@ def row(size: Size, interval: float) -> str:
         f"patches, {events / ticks:.1f} Events) | {idle_kube} in {idle_secs:.0f} s | "
         f"{prefect / secs:.1f}/s, {prefect / ticks:.1f}/tick | {read / ticks:.0f} read/tick "
         f"vs {active:.0f} active | {idle_prefect} in {idle_secs:.0f} s | "
-        f"{statistics.median(lat):.2f} s (p90 {p90:.2f}, max {max(lat):.2f}) | "
+        f"{median(lat):.2f} s (p90 {p90:.2f}, max {max(lat, default=float('nan')):.2f}; "
+        f"created: {created:.2f} s) | "
         f"{max(size.submit_spans):.1f} s |{big}"
     )
 
@@ -413,7 +588,8 @@ def main() -> None:
     print(
         "| date | load (1/5/15 min) | batches x runs | wall | operator RSS (no batch -> peak), CPU "
         "| Kubernetes, active | Kubernetes, all finished | Prefect, active | flow runs read "
-        "| Prefect, all finished | advance latency median | slowest wave submitted in |"
+        "| Prefect, all finished | advance latency median (first run started) "
+        "| slowest wave submitted in |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
