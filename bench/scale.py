@@ -20,9 +20,12 @@ RSS per batch; Kubernetes and Prefect requests per second and per tick (tick = o
 interval) while batches are active, and in an idle window once every batch is finished
 (target: zero); flow runs read per tick vs runs active (not completed: held, waiting or
 running); advance latency with every batch active: experiment i's last run ended ->
-experiment i+1's first run started (Prefect's timestamps), and next to it the older figure,
-to its first run created (comparable with the older rows of bench/README.md; negative once
-waves are created ahead). Targets: RSS < 250 MB at 100 x 100, advance latency median < 1 s,
+experiment i+1's first run runnable (Prefect's timestamps: its flow run created, or for a
+wave held ahead its queue unpaused, the queue's last update), and next to it the same to the
+first run started (adds the stand-in's pickup on a busy server) and to its creation (the
+older rows' figure, negative for a held wave). ``--stagger S`` creates the batches over S
+seconds instead of at once (in lockstep every batch advances at the same moment).
+Targets: RSS < 250 MB at 100 x 100, advance latency median < 1 s,
 Kubernetes requests O(batches whose status changed), Prefect requests O(active runs).
 """
 
@@ -111,13 +114,16 @@ class Size:
     active: tuple[Counts, Counts] | None = None
     idle: tuple[Counts, Counts] | None = None
     active_runs: list[int] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)  # to the first run's start
+    latencies: list[float] = field(default_factory=list)  # to the first run runnable
+    started_latencies: list[float] = field(default_factory=list)  # to the first run's start
     created_latencies: list[float] = field(default_factory=list)  # to the first run's creation
+    held: int = 0  # advances to a wave held ahead (released, not created, at the advance)
+    stagger: float = 0.0  # seconds over which the batches are created (0: all at once)
     submit_spans: list[float] = field(default_factory=list)
     cpu: float = 0.0  # the operator's CPU while batches were active, in cores
     big_span: float = 0.0  # the big wave: first to last flow run created
     during_big: list[float] = field(default_factory=list)  # others' latencies meanwhile
-    during_big_created: list[float] = field(default_factory=list)  # the same, to creation
+    during_big_started: list[float] = field(default_factory=list)  # the same, to the start
 
 
 class Completer:
@@ -335,6 +341,7 @@ class Wave:
     last: datetime  # its last flow run created
     started: datetime | None  # its first flow run to start (RUNNING), once one did
     ended: datetime | None  # its last run's end, once all ended
+    released: datetime | None = None  # a held wave: its queue unpaused (the queue's update)
 
 
 async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
@@ -348,6 +355,15 @@ async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
             runs += page
             if len(page) < 200:
                 break
+        # A released hold queue's last update is its unpausing (nothing polls it here: the
+        # stand-in reads flow runs, not the pool's scheduler, which would mark it polled).
+        queues: list[Any] = []
+        while True:
+            page = await client.read_work_queues(limit=200, offset=len(queues))
+            queues += page
+            if len(page) < 200:
+                break
+    released = {q.id: q.updated for q in queues if "-held-" in q.name and not q.is_paused}
     grouped: dict[tuple[str, int], list[Any]] = {}
     for run in runs:
         batch = next((t for t in run.tags if t.startswith("sierra-batch:")), "")
@@ -360,11 +376,13 @@ async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
         ran = [r for r in wave if r.start_time is not None] or wave
         starts = [r.start_time for r in ran if r.start_time is not None]
         ends = [r.end_time for r in ran]
+        unpaused = [released[r.work_queue_id] for r in ran if r.work_queue_id in released]
         out[key] = Wave(
             min(r.created for r in ran),
             max(r.created for r in ran),
             min(starts) if starts else None,
             max(ends) if all(ends) else None,
+            min(unpaused) if unpaused else None,
         )
     return out
 
@@ -372,12 +390,15 @@ async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
 def latencies(
     waves: dict[tuple[str, int], Wave],
     within: tuple[datetime, datetime] | None = None,
-    created: bool = False,
+    to: str = "runnable",
 ) -> list[float]:
-    """Per experiment i > 0: started(first flow run of i to start) - ended(last run of i-1)
-    (``created``: created(first flow run of i) - ended(i-1), the older figure: it goes
-    negative once waves are created ahead); only advances whose experiment i started
-    ``within`` a window if given."""
+    """Per experiment i > 0: (its first run runnable) - ended(last run of i-1): the
+    operator's part of an advance (seeing i-1 end, deciding, then creating i's flow runs or,
+    held ahead, unpausing their queue), what the issue's "first run created" means once
+    waves are created ahead. ``to="started"``: to the first run's start instead, which adds
+    the stand-in's pickup (a real worker's poll interval and pod start); ``to="created"``:
+    to its creation, the figure of the older rows (negative for a held wave). Only advances
+    whose experiment i started ``within`` a window if given."""
     out = []
     for (batch, exp), wave in waves.items():
         before = waves.get((batch, exp - 1))
@@ -385,7 +406,10 @@ def latencies(
             continue
         if within is not None and not within[0] <= wave.started <= within[1]:
             continue
-        out.append(((wave.first if created else wave.started) - before.ended).total_seconds())
+        moment = {"runnable": wave.released or wave.first, "started": wave.started}.get(
+            to, wave.first
+        )
+        out.append((moment - before.ended).total_seconds())
     return out
 
 
@@ -438,6 +462,7 @@ def measure(
                 parallelism=per_exp,
             )
             uids.add(kube.create_batch(NAMESPACE, doc)["metadata"]["uid"])
+            time.sleep(size.stagger / size.batches)  # out of lockstep, as a lab's batches are
         completer = Completer(api_url, run_seconds)
         loop = asyncio.new_event_loop()
         task = loop.create_task(completer.run())
@@ -467,13 +492,15 @@ def measure(
         waves = asyncio.run(waves_of(api_url, uids | {big}))
         others = {k: w for k, w in waves.items() if k[0] != big}
         size.latencies = latencies(others)
-        size.created_latencies = latencies(others, created=True)
+        size.started_latencies = latencies(others, to="started")
+        size.created_latencies = latencies(others, to="created")
+        size.held = sum(1 for (_, e), w in others.items() if e > 0 and w.released is not None)
         size.submit_spans = [(w.last - w.first).total_seconds() for w in waves.values()]
         if big:
             wave = waves[(big, 0)]
             size.big_span = (wave.last - wave.first).total_seconds()
             size.during_big = latencies(others, (wave.first, wave.last))
-            size.during_big_created = latencies(others, (wave.first, wave.last), created=True)
+            size.during_big_started = latencies(others, (wave.first, wave.last), to="started")
         loop.close()
     finally:
         if operator is not None:
@@ -510,8 +537,9 @@ def row(size: Size, interval: float) -> str:
     if size.big_wave:
         big = (
             f" {size.big_wave}-run wave submitted in {size.big_span:.1f} s; meanwhile "
-            f"{len(size.during_big)} advances of other batches (first run started), median "
-            f"{median(size.during_big):.2f} s (created: {median(size.during_big_created):.2f} s) |"
+            f"{len(size.during_big)} advances of other batches, median "
+            f"{median(size.during_big):.2f} s (first run started: "
+            f"{median(size.during_big_started):.2f} s) |"
         )
     return (
         f"| {datetime.now():%Y-%m-%d %H:%M} | {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} | "
@@ -523,7 +551,8 @@ def row(size: Size, interval: float) -> str:
         f"{prefect / secs:.1f}/s, {prefect / ticks:.1f}/tick | {read / ticks:.0f} read/tick "
         f"vs {active:.0f} active | {idle_prefect} in {idle_secs:.0f} s | "
         f"{median(lat):.2f} s (p90 {p90:.2f}, max {max(lat, default=float('nan')):.2f}; "
-        f"created: {created:.2f} s) | "
+        f"{size.held} of {len(lat)} held ahead; first run started: "
+        f"{median(size.started_latencies):.2f} s; created: {created:.2f} s) | "
         f"{max(size.submit_spans):.1f} s |{big}"
     )
 
@@ -537,11 +566,17 @@ def main() -> None:
     parser.add_argument("--submit-concurrency", type=int, default=None)
     parser.add_argument("--experiments", type=int, default=4, help="experiments per batch")
     parser.add_argument("--big-wave", type=int, default=0, help="one more batch, 1 x N runs")
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="create the batches evenly over this many seconds (default 0: in lockstep)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     parser.add_argument("--workdir", type=Path, help="instead of a new temp dir (logs, data)")
     args = parser.parse_args()
     sizes = [
-        Size(*map(int, s.split("x")), args.experiments, args.big_wave)
+        Size(*map(int, s.split("x")), args.experiments, args.big_wave, stagger=args.stagger)
         for s in args.sizes.split(",")
     ]
     env = {"SIERRA_OPERATOR_LOG_LEVEL": os.environ.get("SIERRA_OPERATOR_LOG_LEVEL", "WARNING")}
@@ -588,7 +623,7 @@ def main() -> None:
     print(
         "| date | load (1/5/15 min) | batches x runs | wall | operator RSS (no batch -> peak), CPU "
         "| Kubernetes, active | Kubernetes, all finished | Prefect, active | flow runs read "
-        "| Prefect, all finished | advance latency median (first run started) "
+        "| Prefect, all finished | advance latency median (first run runnable) "
         "| slowest wave submitted in |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

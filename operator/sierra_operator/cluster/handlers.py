@@ -81,6 +81,10 @@ def _needs_reconcile(body: kopf.Body, **_: Any) -> bool:
     VERSION,
     PLURAL,
     interval=SETTINGS.reconcile_seconds,
+    # On a fixed grid, not interval after the last reconcile ended: a reconcile that waits
+    # on a busy Prefect server (reads, a release) would otherwise stretch the period, and
+    # with it the time until a run's end is seen (advance latency).
+    sharp=True,
     initial_delay=0.1,
     when=_needs_reconcile,
 )

@@ -330,7 +330,7 @@ class PrefectClients:
     def __init__(self, submit_concurrency: int = 1) -> None:
         self._open: dict[tuple[str, str | None], PrefectClient] = {}
         self.submit_concurrency = max(1, submit_concurrency)
-        self._gates: dict[tuple[str, str | None], asyncio.Semaphore] = {}
+        self._gates: dict[tuple[str, str | None, bool], asyncio.Semaphore] = {}
         self._flow_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, FlowRun]] = {}
         self._task_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, list[TaskRun]]] = {}
 
@@ -371,13 +371,19 @@ class PrefectClients:
             self._task_run_reads[key] = CoalescedReads(fetch)
         return self._task_run_reads[key]
 
-    def submit_gate(self, api_url: str, api_key: str | None) -> asyncio.Semaphore:
+    def submit_gate(
+        self, api_url: str, api_key: str | None, ahead: bool = False
+    ) -> asyncio.Semaphore:
         """The bound on requests creating flow runs (a bulk create, or a single one) in flight
         on the shared client for ``api_url`` and ``api_key``, across every batch: a gate per
         wave would let many batches' waves
-        together exceed the client's 16 connections and fail with httpx.PoolTimeout."""
-        key = (api_url, api_key)
-        return self._gates.setdefault(key, asyncio.Semaphore(self.submit_concurrency))
+        together exceed the client's 16 connections and fail with httpx.PoolTimeout.
+
+        ``ahead``: creates of waves held ahead (runs/held.py) have a gate of their own, one
+        request at a time. Nothing waits for them, and a server's CPU is what every advance
+        waits for: a burst of them would delay the reads and releases that start waves."""
+        bound = 1 if ahead else self.submit_concurrency
+        return self._gates.setdefault((api_url, api_key, ahead), asyncio.Semaphore(bound))
 
     @asynccontextmanager
     async def get(self, api_url: str, api_key: str | None) -> AsyncIterator[PrefectClient]:
@@ -855,7 +861,7 @@ class PrefectBatch:
         restarted operator asks once again (the server may have been upgraded).
         """
         gate = (  # shared by every batch on a shared client: its connections are shared
-            self.clients.submit_gate(self.api_url, self.api_key)
+            self.clients.submit_gate(self.api_url, self.api_key, ahead=hold_queue is not None)
             if self.clients is not None
             else asyncio.Semaphore(max(1, self.submit_concurrency))
         )
