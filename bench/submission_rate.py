@@ -8,7 +8,10 @@ submission is measured) and times ``PrefectBatch.submit_each`` (what the operato
 wave: one flow run per experimental run, idempotency key, tags) with each ``--concurrency``
 (requests in flight at once) and each of ``--paths``: ``single``, one create per flow run
 (what a server without the bulk endpoint gets, and all there was before 2026-11-26), and
-``bulk``, up to 100 flow runs per request; then one ``observe()`` of the last wave.
+``bulk``, up to 100 flow runs per request; then one ``observe()`` of the last wave. The pool
+has the operator's template (runs/pool_template.py: no variables left to validate per flow
+run); ``bulk-variables`` is ``bulk`` with prefect-kubernetes' template and its variables, as
+the operator's pools had until 2026-11-26 (the server validates them per flow run).
 Baseline: the first row (SQLite, single, one request at a time), measured in the same
 invocation. ``--raw`` also times a raw ``create_flow_run_from_deployment`` loop on SQLite
 (the adapter's own cost; target: the adapter >= 0.8x the raw rate). Target: 1,000 runs
@@ -28,15 +31,21 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.postgres_env import PrivatePostgres, missing_reason  # noqa: E402
 
-from sierra_operator.cluster.job_template import default_kubernetes_template  # noqa: E402
+from sierra_operator.cluster.job_template import (  # noqa: E402
+    default_kubernetes_template,
+    render_base_job_template,
+)
 from sierra_operator.core.machine import RunAttempt, SubmitRuns  # noqa: E402
+from sierra_operator.core.model import SierraBatchSpec  # noqa: E402
 from sierra_operator.local.server import LocalPrefectServer, ManagedProcess  # noqa: E402
+from sierra_operator.runs.pool_template import fixed  # noqa: E402
 from sierra_operator.runs.prefect_api import PrefectBatch  # noqa: E402
 
 
@@ -67,7 +76,8 @@ async def submit(api_url: str, database: str, runs: int, concurrency: int, path:
     ours.submit_concurrency = concurrency
     if path == "single":
         ours._bulk_create = False  # what it remembers after a 404/405 from the bulk route
-    await ours.ensure_pool(default_kubernetes_template())
+    variables = path.endswith("-variables")
+    await ours.ensure_pool(default_kubernetes_template() if variables else operator_template())
     await ours.ensure_deployment("/tmp")
     action = SubmitRuns("c1-exp0", 0, tuple(RunAttempt(i, f"run {i}", 1) for i in range(runs)))
     params = {"batch_id": batch_id, "batch_root": "/tmp", "workdir": "/tmp"}
@@ -83,6 +93,23 @@ async def submit(api_url: str, database: str, runs: int, concurrency: int, path:
     await ours.observe()
     result.observe = time.perf_counter() - t0
     return result
+
+
+def operator_template() -> dict[str, Any]:
+    """The template the operator gives a batch's pool (cluster/reconciler.py's _pool)."""
+    spec = SierraBatchSpec.model_validate(
+        {"image": {"repository": "r/x"}, "experiments": [{"name": "e", "runs": [{"command": "x"}]}]}
+    )
+    return fixed(
+        render_base_job_template(
+            default_kubernetes_template(),
+            spec,
+            image="r/x@sha256:0",
+            namespace="bench",
+            service_account="bench-worker",
+            claim_name="bench-sierra-root",
+        )
+    )
 
 
 async def raw_loop(api_url: str, runs: int) -> float:
@@ -165,15 +192,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000, help="runs per wave on PostgreSQL")
     parser.add_argument("--sqlite-runs", type=int, default=200, help="runs per wave on SQLite")
     parser.add_argument("--concurrency", default="1,8", help="requests in flight, comma list")
-    parser.add_argument("--paths", default="single,bulk", help="single and/or bulk, comma list")
+    parser.add_argument(
+        "--paths", default="single,bulk", help="single, bulk, bulk-variables: comma list"
+    )
     parser.add_argument("--raw", action="store_true", help="also a raw loop on SQLite")
     parser.add_argument("--postgresql-only", action="store_true", help="skip SQLite")
     parser.add_argument("--pause", type=float, default=20.0, help="seconds between levels")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     paths = [p for p in args.paths.split(",") if p]
-    if not paths or set(paths) - {"single", "bulk"}:
-        parser.error(f"--paths: single and/or bulk, not {args.paths!r}")
+    if not paths or set(paths) - {"single", "bulk", "bulk-variables"}:
+        parser.error(f"--paths: single, bulk and/or bulk-variables, not {args.paths!r}")
     # SIGTERM (e.g. `timeout`) must still run the finally blocks: never orphan a server.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     results: list[Result] = []

@@ -15,7 +15,6 @@ import pytest
 from prefect.client.schemas.objects import StateType
 from prefect.workers.process import ProcessWorker
 
-from sierra_operator.core import names
 from sierra_operator.core.machine import RunAttempt, RunPhase, SubmitRuns
 from sierra_operator.runs import held
 from sierra_operator.runs.prefect_api import PrefectBatch
@@ -64,7 +63,7 @@ def test_a_held_wave_is_handed_to_no_worker_until_released_also_after_a_restart(
         await held.load(batch)
         running = set(await batch.submit_each(current, params))
         out["held"] = await held.hold(batch, following, params)
-        held_ids = set(batch.held_in(names.hold_queue("q", "e1", following.wave_key)))
+        held_ids = set(batch.held_in(held.queue_name(batch, following)))
         out["again"] = await held.hold(batch, following, params)  # next tick: nothing new
         out["observed"] = await batch.observe()
         out["handed_before"] = await handed_out(batch)
@@ -97,7 +96,7 @@ def test_a_held_wave_is_handed_to_no_worker_until_released_also_after_a_restart(
     assert {k for k in after if k[0] == "e1"} == {("e1", 0), ("e1", 1), ("e1", 2)}
     assert all(after[("e1", i)].phase is RunPhase.PENDING for i in range(3))
     assert out["handed_after"] == out["running"] | out["held_ids"]
-    hold_name = names.hold_queue("q", "e1", following.wave_key)
+    hold_name = held.queue_name(batch, following)
     assert out["queues"][hold_name] is False, "released: unpaused, for good"
 
 
@@ -120,14 +119,14 @@ def test_a_held_wave_that_is_not_decided_is_withdrawn_having_run_nothing(
         await batch.ensure_deployment(str(tmp_path))
         await held.load(batch)
         await held.hold(batch, guessed, params)
-        guessed_ids = batch.held_in(names.hold_queue("q", "e1", guessed.wave_key))
+        guessed_ids = batch.held_in(held.queue_name(batch, guessed))
         await batch.observe()
         out["released"] = await held.release(batch, decided)
         out["observed"] = await batch.observe()
         out["handed"] = await handed_out(batch)
         out["held_again"] = await held.hold(batch, guessed, params)
         await held.hold(batch, later, params)
-        later_ids = batch.held_in(names.hold_queue("q", "e2", later.wave_key))
+        later_ids = batch.held_in(held.queue_name(batch, later))
         async with batch.client() as client:
             out["states"] = [
                 (await client.read_flow_run(i)).state_type for i in guessed_ids + later_ids
@@ -149,4 +148,34 @@ def test_a_held_wave_that_is_not_decided_is_withdrawn_having_run_nothing(
     assert out["states"][2] is StateType.SCHEDULED
     assert out["held_again"] is False, "a withdrawn wave is never held again"
     assert out["left"] == 0 and out["later_states"] == [StateType.CANCELLED]
-    assert out["queues"][names.hold_queue("q", "e1", guessed.wave_key)] is True
+    assert out["queues"][held.queue_name(batch, guessed)] is True
+
+
+def test_a_wave_held_for_another_spec_generation_is_not_released(
+    prefect_api_url: str, tmp_path: Any
+) -> None:
+    """A wave held under spec generation 1 carries that spec's packing and parameters: when
+    generation 2 decides the very same runs, it is withdrawn (Cancelled, never handed out)
+    and the caller submits them anew."""
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
+    batch = new_batch(*ids)
+    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    following = wave("e1", 1, 2)
+
+    async def scenario() -> tuple[bool, list[Any], set[uuid.UUID]]:
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(str(tmp_path))
+        await held.hold(batch, following, params, generation=1)
+        old = batch.held_in(held.queue_name(batch, following, 1))
+        await batch.observe()
+        released = await held.release(batch, following, generation=2)
+        handed = await handed_out(batch)
+        async with batch.client() as client:
+            states = [(await client.read_flow_run(i)).state_type for i in old]
+        await batch.cleanup()
+        return released, states, handed
+
+    released, states, handed = asyncio.run(scenario())
+    assert released is False
+    assert states == [StateType.CANCELLED, StateType.CANCELLED]
+    assert handed == set()

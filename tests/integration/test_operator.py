@@ -418,7 +418,8 @@ def pool_image(api_url: str, pool: str) -> str:
     async def read() -> str:
         async with PrefectClient(api=api_url) as client:
             found = await client.read_work_pool(pool)
-        return str(found.base_job_template["variables"]["properties"]["image"]["default"])
+        job = found.base_job_template["job_configuration"]["job_manifest"]
+        return str(job["spec"]["template"]["spec"]["containers"][0]["image"])
 
     return asyncio.run(read())
 

@@ -35,6 +35,7 @@ from sierra_operator.core.model import (
 )
 from sierra_operator.core.plan import Plan, PlannedExperiment, PlannedRun
 from sierra_operator.runs import ledger
+from sierra_operator.runs.pool_template import fixed
 from sierra_operator.runs.prefect_api import SETTLE_GRACE_SECONDS, flow_run_observations
 
 pytestmark = pytest.mark.unit
@@ -55,13 +56,15 @@ def test_worker_rendered_job_never_replaces_its_pod_nor_reschedules_on_sigterm()
             "experiments": [{"name": "e", "runs": [{"command": "true"}]}],
         }
     )
-    template = render_base_job_template(
-        default_kubernetes_template(),
-        spec,
-        image="r/x@sha256:abc",
-        namespace="lab",
-        service_account="sa",
-        claim_name="pvc",
+    template = fixed(  # what the operator gives the pool
+        render_base_job_template(
+            default_kubernetes_template(),
+            spec,
+            image="r/x@sha256:abc",
+            namespace="lab",
+            service_account="sa",
+            claim_name="pvc",
+        )
     )
     # The client is only asked to resolve block/variable references; there are none here,
     # so one pointing nowhere proves nothing else is fetched.
@@ -381,3 +384,43 @@ def test_a_completed_packed_pod_succeeds_every_run_it_held_at_once():
     fr, soon = ended(fr, 0)
     obs, settled = flow_run_observations(fr, {}, None, soon)
     assert {o.phase for _, o in obs.values()} == {RunPhase.SUCCEEDED} and settled
+
+
+def test_the_fixed_pool_template_renders_the_job_the_defaults_did():
+    """The pool gets no variables (the server would validate them per flow run): a worker
+    renders the very same Job from the fixed template as from the one with defaults, and
+    the server's per-flow-run validation has an empty schema to check."""
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    spec = SierraBatchSpec.model_validate(
+        {
+            "image": {"repository": "r/x", "pushSecret": "regcred"},
+            "execution": {"resources": {"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}},
+            "experiments": [{"name": "e", "runs": [{"command": "true"}]}],
+        }
+    )
+    with_defaults = render_base_job_template(
+        default_kubernetes_template(),
+        spec,
+        image="r/x@sha256:abc",
+        namespace="lab",
+        service_account="sa",
+        claim_name="pvc",
+    )
+    nowhere = PrefectClient(api="http://127.0.0.1:9/api")
+    flow_run = FlowRun(id=uuid.uuid4(), name="e-run0-try1", flow_id=uuid.uuid4())
+
+    def job(template: dict) -> dict:
+        config = asyncio.run(
+            KubernetesWorkerJobConfiguration.from_template_and_values(template, {}, client=nowhere)
+        )
+        config.prepare_for_flow_run(flow_run)
+        return config.job_manifest
+
+    pool = fixed(with_defaults)
+    assert pool["variables"] == {"type": "object", "properties": {}}
+    assert job(pool) == job(with_defaults)
+    container = job(pool)["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "r/x@sha256:abc"
+    assert container["resources"] == {"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}
+    assert "{{" not in str(pool["job_configuration"]), "every placeholder resolved or dropped"

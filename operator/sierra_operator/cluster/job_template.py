@@ -2,8 +2,10 @@
 
 prefect-kubernetes turns each flow run into a Job from the pool's base job template. There is
 no volumes variable, so the sierra-root PVC volume and mount go into ``job_manifest``
-itself; everything else is set as *variable defaults* (image, namespace, service account,
-resources, TTL), so deployments and flow runs can still override through job variables.
+itself; the rest (image, namespace, service account, resources, TTL) is set as the
+defaults of prefect-kubernetes' variables. The pool gets it with every variable written into
+the job configuration (:func:`sierra_operator.runs.pool_template.fixed`: no variables left
+for the server to validate per flow run).
 """
 
 from __future__ import annotations

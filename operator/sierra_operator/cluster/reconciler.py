@@ -52,6 +52,7 @@ from sierra_operator.core.model import (
 )
 from sierra_operator.core.plan import Plan, PlanError, plan_from_experiments, plan_from_json
 from sierra_operator.runs import held as held_waves
+from sierra_operator.runs.pool_template import fixed
 from sierra_operator.runs.prefect_api import (
     FlowRunsRefused,
     PoolConflict,
@@ -452,13 +453,15 @@ async def _pool(
     """Work pool, queue and deployment once; the job template again when the image changed."""
     image_changed = ctx.previous.image != status.image
     if not _is_true(ctx.previous, "PoolReady") or image_changed:
-        template = render_base_job_template(
-            default_kubernetes_template(),
-            ctx.spec,
-            image=image,
-            namespace=ctx.ref.namespace,
-            service_account=names.worker_name(ctx.ref.name),
-            claim_name=claim_name(ctx.ref, ctx.spec),
+        template = fixed(
+            render_base_job_template(
+                default_kubernetes_template(),
+                ctx.spec,
+                image=image,
+                namespace=ctx.ref.namespace,
+                service_account=names.worker_name(ctx.ref.name),
+                claim_name=claim_name(ctx.ref, ctx.spec),
+            )
         )
         try:
             await prefect.ensure_pool(template)
@@ -573,7 +576,7 @@ async def _advance(
             held.append(f"{action.experiment}: retry waits until the Job(s) of {waiting} are gone")
             continue
         shape = pod_shape(spec.execution.parallelism, spec.execution.runs_per_pod)
-        if not await held_waves.release(prefect, action):
+        if not await held_waves.release(prefect, action, ctx.generation):
             await prefect.submit_each(
                 action, parameters, spec.execution.runs_per_pod, in_pod=shape.in_pod
             )
@@ -625,7 +628,9 @@ async def _hold_next(
         return
     shape = pod_shape(execution.parallelism, execution.runs_per_pod)
     try:
-        await held_waves.hold(prefect, wave, parameters, execution.runs_per_pod, shape.in_pod)
+        await held_waves.hold(
+            prefect, wave, parameters, execution.runs_per_pod, shape.in_pod, ctx.generation
+        )
     except PREFECT_ERRORS as exc:
         log.warning("batch %s: could not hold %s ahead: %s", ctx.ref.uid, wave.experiment, exc)
 

@@ -77,18 +77,27 @@ async def load(prefect: PrefectBatch) -> dict[str, HoldQueue]:
     return prefect.hold_queues
 
 
+def queue_name(prefect: PrefectBatch, wave: SubmitRuns, generation: int | None = None) -> str:
+    """The hold queue of ``wave`` held for spec ``generation``."""
+    return names.hold_queue(prefect.queue, wave.experiment, f"{wave.wave_key}@{generation}")
+
+
 async def hold(
     prefect: PrefectBatch,
     wave: SubmitRuns,
     parameters: dict[str, Any],
     runs_per_pod: int = 1,
     in_pod: int = 1,
+    generation: int | None = None,
 ) -> bool:
     """Create ``wave``'s flow runs now, in a paused queue of its own; True if this call
     created them. A wave whose queue exists already is not held again (held, released or
-    withdrawn before: in the last two cases it is submitted as usual when decided)."""
+    withdrawn before: in the last two cases it is submitted as usual when decided).
+
+    ``generation``: the spec's, part of the queue's name, so a wave held for one spec (its
+    packing, timeout, resources) is never released for another: it is withdrawn."""
     queues = await load(prefect)
-    name = names.hold_queue(prefect.queue, wave.experiment, wave.wave_key)
+    name = queue_name(prefect, wave, generation)
     if name in queues:
         return False
     async with prefect.client() as client:
@@ -109,15 +118,16 @@ async def hold(
     return True
 
 
-async def release(prefect: PrefectBatch, action: SubmitRuns) -> bool:
-    """Start ``action`` by unpausing its held queue; True if it was held and is released,
-    False if the caller must submit it. Other held waves of its experiment can never be
-    released and are withdrawn; so is ``action``'s own if one of its flow runs ended while
-    held (cancelled by hand, say): its runs are then submitted anew under their own keys."""
+async def release(prefect: PrefectBatch, action: SubmitRuns, generation: int | None = None) -> bool:
+    """Start ``action`` by unpausing its held queue; True if it was held (for this spec
+    ``generation``) and is released, False if the caller must submit it. Other held waves of
+    its experiment can never be released and are withdrawn; so is ``action``'s own if one
+    of its flow runs ended while held (cancelled by hand, say): its runs are then submitted
+    anew under their own keys."""
     queues = prefect.hold_queues or {}
     if not queues:
         return False
-    name = names.hold_queue(prefect.queue, action.experiment, action.wave_key)
+    name = queue_name(prefect, action, generation)
     mine = queues.get(name)
     stale = [
         n for n, q in queues.items() if q.paused and q.experiment == action.experiment and n != name

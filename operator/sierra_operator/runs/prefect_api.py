@@ -832,8 +832,8 @@ class PrefectBatch:
         is its own Job/pod, executing ``in_pod`` of its runs at a time).
 
         ``hold_queue``: the wave is held ahead (runs/held.py): its flow runs go to that paused
-        queue under keys of their own (``/held``), hidden from :meth:`observe` until the
-        queue is released (:meth:`reveal_queue`).
+        queue under keys of their own, hidden from :meth:`observe` until the queue is
+        released (:meth:`reveal_queue`).
 
         A group of one run is that run's flow run (its state is the run's outcome); a larger
         group is a wave of its own, observed through its task runs like local mode's.
@@ -906,8 +906,9 @@ class PrefectBatch:
     ) -> DeploymentFlowRunCreate:
         """The flow run of one group of a wave's runs (:meth:`submit_each`): one run is named
         and tagged after it; a larger group is a wave of its own (``/pod`` key); a held one
-        waits in ``hold_queue`` (``/held`` key: the same runs submitted for real later, the
-        held wave withdrawn, are other flow runs)."""
+        waits in ``hold_queue``, whose name ends its key: the same runs submitted as usual
+        later (the held wave withdrawn), or held again for another spec, are other flow
+        runs."""
         first = runs[0]
         where = f"{self.batch_id}/{experiment}/{first.index}/{first.attempt}"
         if len(runs) == 1:
@@ -922,7 +923,7 @@ class PrefectBatch:
             {**parameters, "parallelism": parallel},
             name=name,
             tags=tags,
-            key=key + ("/held" if hold_queue else ""),
+            key=key + (f"/{hold_queue}" if hold_queue else ""),
             work_queue=hold_queue,
         )
 
