@@ -179,3 +179,110 @@ def test_a_wave_held_for_another_spec_generation_is_not_released(
     assert released is False
     assert states == [StateType.CANCELLED, StateType.CANCELLED]
     assert handed == set()
+
+
+def test_a_partly_held_wave_is_completed_or_never_released_in_part(
+    prefect_api_url: str, tmp_path: Any
+) -> None:
+    """A hold that created only part of its wave (a create failed, the operator restarted)
+    is completed by the next hold while its queue is paused; a part that is never completed
+    is not released: it is withdrawn and the caller submits the whole wave, so no run waits
+    on a flow run that was never made, nor is made twice."""
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
+    batch = new_batch(*ids)
+    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    first, second = wave("e1", 1, 3), wave("e2", 2, 2)
+
+    async def lose_one(queue: str) -> None:
+        async with batch.client() as client:
+            await client.delete_flow_run(batch.held_in(queue)[0])
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(str(tmp_path))
+        await held.load(batch)
+        await held.hold(batch, first, params)
+        await held.hold(batch, second, params)
+        await lose_one(held.queue_name(batch, first))
+        await lose_one(held.queue_name(batch, second))
+        restarted = new_batch(*ids)
+        await held.load(restarted)
+        await restarted.observe()
+        out["resent"] = await held.hold(restarted, first, params)
+        await restarted.observe()
+        out["released"] = await held.release(restarted, first)
+        out["observed"] = await restarted.observe()
+        out["part_released"] = await held.release(restarted, second)
+        part = restarted.held_in(held.queue_name(batch, second))
+        async with batch.client() as client:
+            out["part_states"] = [(await client.read_flow_run(i)).state_type for i in part]
+        out["handed"] = await handed_out(batch)
+        out["part"] = part
+        await batch.cleanup()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["resent"] is True, "the missing flow run is created, in the paused queue"
+    assert out["released"] is True
+    assert {k for k in out["observed"] if k[0] == "e1"} == {("e1", 0), ("e1", 1), ("e1", 2)}
+    assert out["part_released"] is False, "one of two: never released in part"
+    assert out["part_states"] == [StateType.CANCELLED]
+    assert not set(out["part"]) & out["handed"]
+
+
+def test_withdrawing_never_cancels_a_flow_run_a_worker_took(
+    prefect_api_url: str, tmp_path: Any
+) -> None:
+    """If a held wave's queue was unpaused behind the operator's back (by hand, or by a
+    release whose answer was lost) and a worker took a flow run, withdrawing it pauses the
+    queue again, cancels only the flow runs still waiting and counts the taken one as
+    submitted: its run is never started a second time. A reloaded operator finds an
+    unpaused hold queue released and counts its flow runs."""
+    from prefect.states import Running
+
+    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
+    batch = new_batch(*ids)
+    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    guessed, later = wave("e1", 1, 2), wave("e2", 2, 1)
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+        await batch.ensure_deployment(str(tmp_path))
+        await held.load(batch)
+        await held.hold(batch, guessed, params)
+        await held.hold(batch, later, params)
+        await batch.observe()
+        taken, waiting = batch.held_in(held.queue_name(batch, guessed))
+        (later_id,) = batch.held_in(held.queue_name(batch, later))
+        async with batch.client() as client:
+            for name in (held.queue_name(batch, guessed), held.queue_name(batch, later)):
+                queue = await client.read_work_queue_by_name(name, work_pool_name=ids[2])
+                await client.update_work_queue(queue.id, is_paused=False)
+            await client.set_flow_run_state(taken, Running(), force=True)
+        out["cancelled"] = await held.withdraw(batch, [held.queue_name(batch, guessed)])
+        out["observed"] = await batch.observe()
+        batch.hold_queues = None  # as after a release whose answer was lost
+        await held.load(batch)
+        out["observed_after_load"] = await batch.observe()
+        async with batch.client() as client:
+            out["states"] = {
+                i: (await client.read_flow_run(i)).state_type for i in (taken, waiting)
+            }
+            queue = await client.read_work_queue_by_name(
+                held.queue_name(batch, guessed), work_pool_name=ids[2]
+            )
+            out["paused_again"] = queue.is_paused
+        out["ids"] = (taken, waiting, later_id)
+        await batch.cancel_active(timeout=5)
+        await batch.cleanup()
+        return out
+
+    out = asyncio.run(scenario())
+    taken, waiting, _ = out["ids"]
+    assert out["cancelled"] == 1
+    assert out["states"] == {taken: StateType.RUNNING, waiting: StateType.CANCELLED}
+    assert out["paused_again"] is True
+    assert set(out["observed"]) == {("e1", 0)}, "the taken run counts: it is executing"
+    assert ("e2", 0) in out["observed_after_load"], "an unpaused hold queue is released"

@@ -79,8 +79,10 @@ async def workers_poll_every_queue(api: client.ApiClient, namespace: str, name: 
             return False
         raise
     containers = found.spec.template.spec.containers or []
-    return bool(containers) and all(
-        names.WORKER_QUEUE_FLAG not in (c.command or []) + (c.args or []) for c in containers
+    return bool(containers) and not any(
+        arg == "-q" or arg.startswith(names.WORKER_QUEUE_FLAG)  # also --work-queue=NAME
+        for c in containers
+        for arg in (c.command or []) + (c.args or [])
     )
 
 

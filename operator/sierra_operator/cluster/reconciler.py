@@ -620,18 +620,17 @@ async def _hold_next(
     wave = next_wave(execution, plan, observed, status, ctx.now)
     if wave is None:
         return
-    if prefect.holds_allowed is None:
-        prefect.holds_allowed = await kube.workers_poll_every_queue(
-            ctx.kube_api, ctx.ref.namespace, names.worker_name(ctx.ref.name)
-        )
-    if not prefect.holds_allowed:
-        return
     shape = pod_shape(execution.parallelism, execution.runs_per_pod)
     try:
-        await held_waves.hold(
-            prefect, wave, parameters, execution.runs_per_pod, shape.in_pod, ctx.generation
-        )
-    except PREFECT_ERRORS as exc:
+        if prefect.holds_allowed is None:
+            prefect.holds_allowed = await kube.workers_poll_every_queue(
+                ctx.kube_api, ctx.ref.namespace, names.worker_name(ctx.ref.name)
+            )
+        if prefect.holds_allowed:
+            await held_waves.hold(
+                prefect, wave, parameters, execution.runs_per_pod, shape.in_pod, ctx.generation
+            )
+    except Exception as exc:  # an optimisation: never what fails a reconcile
         log.warning("batch %s: could not hold %s ahead: %s", ctx.ref.uid, wave.experiment, exc)
 
 

@@ -42,13 +42,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import Cancelled
 
 from sierra_operator.core import names
-from sierra_operator.core.machine import SubmitRuns
-from sierra_operator.runs.prefect_api import PAGE, HoldQueue, PrefectBatch
+from sierra_operator.core.machine import SubmitRuns, pack
+from sierra_operator.runs.prefect_api import FINAL_STATES, PAGE, HoldQueue, PrefectBatch
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ WITHDRAWN_MESSAGE = "sierra-operator: a wave held ahead was withdrawn before it 
 
 async def load(prefect: PrefectBatch) -> dict[str, HoldQueue]:
     """This batch's hold queues, read from its pool once (a restarted operator learns
-    which waves are held, and hides their flow runs); kept in ``prefect.hold_queues``."""
+    which waves are held, and hides their flow runs; after a release whose answer was lost,
+    whether it took), kept in ``prefect.hold_queues``. Flow runs of a queue found unpaused
+    are counted from now on."""
     if prefect.hold_queues is None:
         found: dict[str, HoldQueue] = {}
         async with prefect.client() as client:
@@ -73,6 +75,9 @@ async def load(prefect: PrefectBatch) -> dict[str, HoldQueue]:
                 if len(page) < PAGE:
                     break
                 offset += len(page)
+        for name, held in found.items():
+            if not held.paused:
+                prefect.reveal_queue(name)
         prefect.hold_queues = found
     return prefect.hold_queues
 
@@ -98,8 +103,13 @@ async def hold(
     packing, timeout, resources) is never released for another: it is withdrawn."""
     queues = await load(prefect)
     name = queue_name(prefect, wave, generation)
-    if name in queues:
-        return False
+    groups = len(pack(wave.runs, runs_per_pod))
+    if name in queues:  # held (maybe in part: a create failed), released or withdrawn
+        held = prefect.held_in(name)
+        if not queues[name].paused or len(held) >= groups or any(map(prefect.ended, held)):
+            return False
+    elif prefect.ahead_busy():
+        return False  # another batch's wave is being held: next tick, not wait here
     async with prefect.client() as client:
         try:
             queue = await client.create_work_queue(
@@ -113,17 +123,19 @@ async def hold(
     queues[name] = HoldQueue(queue.id, wave.experiment, queue.is_paused)
     if not queue.is_paused:  # released or unpaused by someone: never hold in it
         return False
+    # Idempotent keys: sending a partly held wave again creates only what is missing.
     await prefect.submit_each(wave, parameters, runs_per_pod, in_pod, hold_queue=name)
     log.info("batch %s: %s held in paused queue %s", prefect.batch_id, wave.experiment, name)
     return True
 
 
 async def release(prefect: PrefectBatch, action: SubmitRuns, generation: int | None = None) -> bool:
-    """Start ``action`` by unpausing its held queue; True if it was held (for this spec
-    ``generation``) and is released, False if the caller must submit it. Other held waves of
-    its experiment can never be released and are withdrawn; so is ``action``'s own if one
-    of its flow runs ended while held (cancelled by hand, say): its runs are then submitted
-    anew under their own keys."""
+    """Start ``action`` by unpausing its held queue; True if it was held whole (for this
+    spec ``generation``) and is released, False if the caller must submit it. Other held
+    waves of its experiment can never be released and are withdrawn; so is ``action``'s own
+    if it is not whole (a create of it failed) or one of its flow runs ended while held
+    (cancelled by hand, say): its runs are then submitted anew under their own keys. A
+    release whose answer is lost is read again from the server next tick (:func:`load`)."""
     queues = prefect.hold_queues or {}
     if not queues:
         return False
@@ -133,38 +145,56 @@ async def release(prefect: PrefectBatch, action: SubmitRuns, generation: int | N
         n for n, q in queues.items() if q.paused and q.experiment == action.experiment and n != name
     ]
     held = prefect.held_in(name) if mine is not None and mine.paused else []
-    if not held or any(prefect.ended(run_id) for run_id in held):
+    wanted = {((action.experiment, r.index), r.attempt) for r in action.runs}
+    whole = prefect.runs_in(held) == wanted
+    if not whole or any(prefect.ended(run_id) for run_id in held):
         await withdraw(prefect, stale + ([name] if held else []))
         return False
     await withdraw(prefect, stale)
     assert mine is not None
-    async with prefect.client() as client:
-        await client.update_work_queue(mine.id, is_paused=False)
+    try:
+        async with prefect.client() as client:
+            await client.update_work_queue(mine.id, is_paused=False)
+    except BaseException:
+        prefect.hold_queues = None  # it may have taken: read the pause flags again
+        raise
     queues[name] = HoldQueue(mine.id, mine.experiment, False)
     prefect.reveal_queue(name)
     return True
 
 
 async def withdraw(prefect: PrefectBatch, queue_names: list[str] | None = None) -> int:
-    """Withdraw held waves (every one if ``queue_names`` is None): their queues stay paused,
-    their flow runs not yet final are set Cancelled (none of them ran: a paused queue gives
-    nothing to a worker). Returns how many flow runs it cancelled."""
+    """Withdraw held waves (every one if ``queue_names`` is None); returns how many flow
+    runs it cancelled.
+
+    Their queues are paused again first (they should be: a hand-unpaused one stops handing
+    out more), then their flow runs still Scheduled are set Cancelled: those never ran. One a
+    worker took meanwhile is not touched: it is counted from now on, like a released one (the
+    state machine then sees it executing, and submits nothing twice)."""
     queues = prefect.hold_queues or {}
-    targets = [n for n in (queue_names if queue_names is not None else queues) if n in queues]
-    live = [
-        run_id
-        for name in targets
-        if queues[name].paused
-        for run_id in prefect.held_in(name)
-        if not prefect.ended(run_id)
+    targets = [
+        n
+        for n in (queue_names if queue_names is not None else list(queues))
+        if n in queues and queues[n].paused
     ]
-    if live:
-        async with prefect.client() as client:
-            await _cancel(client, live)
-        log.info("batch %s: withdrew %d held flow run(s)", prefect.batch_id, len(live))
-    return len(live)
-
-
-async def _cancel(client: PrefectClient, run_ids: list[Any]) -> None:
-    for run_id in run_ids:
-        await client.set_flow_run_state(run_id, Cancelled(message=WITHDRAWN_MESSAGE), force=True)
+    held = [i for name in targets for i in prefect.held_in(name) if not prefect.ended(i)]
+    if not held:
+        return 0
+    async with prefect.client() as client:
+        for name in targets:
+            await client.update_work_queue(queues[name].id, is_paused=True)
+    states = await prefect.state_types(held)
+    waiting = [i for i in held if states.get(i) is StateType.SCHEDULED]
+    taken = [
+        i for i in held if i in states and states[i] not in (StateType.SCHEDULED, *FINAL_STATES)
+    ]
+    for run_id in taken:
+        log.warning("batch %s: held flow run %s was taken by a worker", prefect.batch_id, run_id)
+        prefect.reveal(run_id)
+    async with prefect.client() as client:
+        for run_id in waiting:
+            await client.set_flow_run_state(
+                run_id, Cancelled(message=WITHDRAWN_MESSAGE), force=True
+            )
+    log.info("batch %s: withdrew %d held flow run(s)", prefect.batch_id, len(waiting))
+    return len(waiting)

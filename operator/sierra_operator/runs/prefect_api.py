@@ -284,6 +284,12 @@ def _observe_run(
     return RunObservation(RunPhase.RUNNING, attempt)  # not known yet: read again
 
 
+def _never_taken(fr: FlowRun) -> bool:
+    """A flow run no worker took: waiting (Scheduled) or withdrawn (Cancelled) before it
+    started. One taken while its hold queue was unpaused (by hand) counts as submitted."""
+    return fr.start_time is None and _state_type(fr) in (StateType.SCHEDULED, StateType.CANCELLED)
+
+
 def _grace_passed(fr: FlowRun, now: datetime) -> bool:
     """Whether :data:`SETTLE_GRACE_SECONDS` have passed since the final flow run ``fr`` ended."""
     ended = fr.end_time or (fr.state.timestamp if fr.state is not None else None)
@@ -380,8 +386,10 @@ class PrefectClients:
         together exceed the client's 16 connections and fail with httpx.PoolTimeout.
 
         ``ahead``: creates of waves held ahead (runs/held.py) have a gate of their own, one
-        request at a time. Nothing waits for them, and a server's CPU is what every advance
-        waits for: a burst of them would delay the reads and releases that start waves."""
+        request at a time: no wave waits for them to start, and a server's CPU is what every
+        advance waits for, so a burst of them would delay the reads and releases that start
+        waves. A batch finding this gate taken holds its wave at a later tick instead of
+        waiting here (:func:`sierra_operator.runs.held.hold`)."""
         bound = 1 if ahead else self.submit_concurrency
         return self._gates.setdefault((api_url, api_key, ahead), asyncio.Semaphore(bound))
 
@@ -716,6 +724,7 @@ class PrefectBatch:
             tags=create.tags,
             idempotency_key=create.idempotency_key,
             work_queue_name=create.work_queue_name,
+            state=Scheduled(name=create.state.name) if create.state is not None else None,
         )
         return created.id
 
@@ -809,6 +818,26 @@ class PrefectBatch:
     def held_in(self, queue: str) -> list[UUID]:
         """The flow runs known to wait in hold queue ``queue`` (hidden from observe)."""
         return [run_id for run_id, where in self._hidden.items() if where == queue]
+
+    def runs_in(self, flow_run_ids: list[UUID]) -> set[tuple[RunKey, int]]:
+        """The (run, attempt) pairs the flow runs ``flow_run_ids`` were last observed with."""
+        return {
+            (key, attempt)
+            for run_id in flow_run_ids
+            for key, (attempt, _) in self._observed.get(run_id, {}).items()
+        }
+
+    async def state_types(self, flow_run_ids: list[UUID]) -> dict[UUID, StateType | None]:
+        """Each flow run's state type now (one read, not merged with other batches')."""
+        async with self.client() as client:
+            found = await self._flow_runs(client, id=FlowRunFilterId(any_=flow_run_ids))
+        return {fr.id: _state_type(fr) for fr in found}
+
+    def ahead_busy(self) -> bool:
+        """Whether another batch's wave held ahead is being created on this client now."""
+        if self.clients is None:
+            return False
+        return self.clients.submit_gate(self.api_url, self.api_key, ahead=True).locked()
 
     def reveal_queue(self, queue: str) -> None:
         """Hold queue ``queue`` was released: its flow runs count from the next observe on."""
@@ -1038,7 +1067,10 @@ class PrefectBatch:
                 )
                 self._listed = True
             else:
-                flow_runs = await self._flow_runs_by_id(client, sorted(self._unsettled))
+                # A flow run held in a paused queue (seen once) cannot change until its queue
+                # is released (runs/held.py): not read again meanwhile.
+                waiting = {i for i, where in self._hidden.items() if where and i in self._observed}
+                flow_runs = await self._flow_runs_by_id(client, sorted(self._unsettled - waiting))
             self.flow_runs_read += len(flow_runs)
             live = [fr for fr in flow_runs if fr.id not in self._final]
             waves = [fr.id for fr in live if not _is_single_run(fr)]
@@ -1052,7 +1084,7 @@ class PrefectBatch:
         now = datetime.now(UTC)
         held = {name for name, q in (self.hold_queues or {}).items() if q.paused}
         for fr in live:
-            if fr.work_queue_name in held:  # also after a restart: the queue says it
+            if fr.work_queue_name in held and _never_taken(fr):  # also after a restart
                 self._hidden.setdefault(fr.id, fr.work_queue_name)
             observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup, now)
             self._observed[fr.id] = observations
@@ -1061,13 +1093,14 @@ class PrefectBatch:
                 self._unsettled.discard(fr.id)
             else:
                 self._unsettled.add(fr.id)
-            for key, (attempt, _) in observations.items():
-                self.attempt_flow_runs[(*key, attempt)] = fr.id
         latest: dict[RunKey, tuple[int, RunObservation]] = {}
         for flow_run_id, observations in self._observed.items():
-            if flow_run_id in self._hidden:
+            if flow_run_id in self._hidden:  # held: not submitted as far as decide knows
                 continue
             for key, (attempt, obs) in observations.items():
+                # Only flow runs the state machine sees: a withdrawn held one of the same
+                # attempt must never be taken for the one that executes (retries wait on it).
+                self.attempt_flow_runs[(*key, attempt)] = flow_run_id
                 if key not in latest or attempt > latest[key][0]:
                     latest[key] = (attempt, obs)
         return {key: obs for key, (_, obs) in latest.items()}
