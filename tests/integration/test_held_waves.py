@@ -80,6 +80,14 @@ def test_a_held_wave_is_handed_to_no_worker_until_released_also_after_a_restart(
             out["queues"] = {
                 q.name: q.is_paused for q in await client.read_work_queues(work_pool_name=ids[2])
             }
+        last = wave("e2", 2, 1)
+        await held.hold(restarted, last, params)
+        await restarted.observe()
+        out["released_last"] = await held.release(restarted, last)
+        async with batch.client() as client:
+            out["queues_after"] = {
+                q.name for q in await client.read_work_queues(work_pool_name=ids[2])
+            }
         await batch.cancel_active(timeout=5)
         await batch.cleanup()
         return out
@@ -98,6 +106,9 @@ def test_a_held_wave_is_handed_to_no_worker_until_released_also_after_a_restart(
     assert out["handed_after"] == out["running"] | out["held_ids"]
     hold_name = held.queue_name(batch, following)
     assert out["queues"][hold_name] is False, "released: unpaused, for good"
+    assert out["released_last"] is True
+    assert hold_name not in out["queues_after"], "a released queue goes at the next release"
+    assert held.queue_name(batch, wave("e2", 2, 1)) in out["queues_after"]
 
 
 def test_a_held_wave_that_is_not_decided_is_withdrawn_having_run_nothing(

@@ -43,7 +43,7 @@ import logging
 from typing import Any
 
 from prefect.client.schemas.objects import StateType
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Cancelled
 
 from sierra_operator.core import names
@@ -160,7 +160,28 @@ async def release(prefect: PrefectBatch, action: SubmitRuns, generation: int | N
         raise
     queues[name] = HoldQueue(mine.id, mine.experiment, False)
     prefect.reveal_queue(name)
+    await _forget_released(prefect, keep=name)
     return True
+
+
+async def _forget_released(prefect: PrefectBatch, keep: str) -> None:
+    """Delete the hold queues released before ``keep``: their experiments are over (decide
+    starts an experiment only once the one before is), so every flow run in them is final
+    (Prefect sets their queue to none). A worker polling every queue of the pool reads and
+    marks each queue at each poll: left alone they would cost that per experiment, forever.
+    Withdrawn (paused) queues stay: they are what hides their flow runs. An optimisation:
+    a failed delete is tried again at the next release."""
+    queues = prefect.hold_queues or {}
+    for name in [n for n, q in queues.items() if not q.paused and n != keep]:
+        try:
+            async with prefect.client() as client:
+                await client.delete_work_queue_by_id(queues[name].id)
+        except ObjectNotFound:
+            pass
+        except Exception as exc:
+            log.info("batch %s: hold queue %s not deleted yet: %s", prefect.batch_id, name, exc)
+            continue
+        del queues[name]
 
 
 async def withdraw(prefect: PrefectBatch, queue_names: list[str] | None = None) -> int:
