@@ -107,6 +107,7 @@ class Size:
     runs: int
     experiments: int = 4
     big_wave: int = 0  # runs of one more batch's single experiment, submitted meanwhile
+    big_after: float = 0.0  # seconds after the others' creation that batch is created
     rss_base: float = 0.0
     rss_peak: float = 0.0
     rss_end: float = 0.0
@@ -153,6 +154,7 @@ class Completer:
         self.pending = 0  # flow runs not completed yet at the last look: held, due, running
         self.stop = False
         self.held: dict[UUID, Any] = {}  # SCHEDULED flow runs last seen in a paused queue/pool
+        self.released: dict[UUID, datetime] = {}  # held flow runs: when their queue unpaused
         self.running: set[UUID] = set()  # taken, not completed yet
         self.pools: dict[UUID, tuple[float, bool]] = {}  # pool -> (read at, paused)
         self.ends: set[asyncio.Task[None]] = set()
@@ -198,6 +200,9 @@ class Completer:
         for run in list(self.held.values()):
             if self._runnable(run, queues):
                 del self.held[run.id]
+                # When its queue was unpaused: the queue's last update (nothing else updates
+                # it here; the operator deletes a released queue later, so read it now).
+                self.released[run.id] = queues[run.work_queue_id].updated
         now: Any = datetime.now(UTC)  # a datetime: pydantic makes it Prefect's DateTime
         runs = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -344,7 +349,9 @@ class Wave:
     released: datetime | None = None  # a held wave: its queue unpaused (the queue's update)
 
 
-async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
+async def waves_of(
+    api_url: str, uids: set[str], released: dict[UUID, datetime] | None = None
+) -> dict[tuple[str, int], Wave]:
     """Every experiment of the batches ``uids``, from Prefect's timestamps."""
     from prefect.client.orchestration import PrefectClient
 
@@ -355,15 +362,7 @@ async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
             runs += page
             if len(page) < 200:
                 break
-        # A released hold queue's last update is its unpausing (nothing polls it here: the
-        # stand-in reads flow runs, not the pool's scheduler, which would mark it polled).
-        queues: list[Any] = []
-        while True:
-            page = await client.read_work_queues(limit=200, offset=len(queues))
-            queues += page
-            if len(page) < 200:
-                break
-    released = {q.id: q.updated for q in queues if "-held-" in q.name and not q.is_paused}
+    released = released or {}  # held flow runs: their queue's unpausing, as the stand-in saw
     grouped: dict[tuple[str, int], list[Any]] = {}
     for run in runs:
         batch = next((t for t in run.tags if t.startswith("sierra-batch:")), "")
@@ -376,7 +375,7 @@ async def waves_of(api_url: str, uids: set[str]) -> dict[tuple[str, int], Wave]:
         ran = [r for r in wave if r.start_time is not None] or wave
         starts = [r.start_time for r in ran if r.start_time is not None]
         ends = [r.end_time for r in ran]
-        unpaused = [released[r.work_queue_id] for r in ran if r.work_queue_id in released]
+        unpaused = [released[r.id] for r in ran if r.id in released]
         out[key] = Wave(
             min(r.created for r in ran),
             max(r.created for r in ran),
@@ -449,11 +448,15 @@ def measure(
         per_exp = size.runs // size.experiments
         t0 = time.monotonic()
         uids, big = set(), ""
-        if size.big_wave:
+
+        def create_big() -> str:
             doc = batch_doc(
                 f"{prefix}big", tmp / "root", [["true"] * size.big_wave], parallelism=1000
             )
-            big = kube.create_batch(NAMESPACE, doc)["metadata"]["uid"]
+            return str(kube.create_batch(NAMESPACE, doc)["metadata"]["uid"])
+
+        if size.big_wave and not size.big_after:
+            big = create_big()
         for i in range(size.batches):
             doc = batch_doc(
                 f"{prefix}b{i:03d}",
@@ -470,6 +473,8 @@ def measure(
         cpu0 = cpu_seconds(pid)
         while True:
             loop.run_until_complete(asyncio.sleep(2.0))
+            if size.big_wave and not big and time.monotonic() - t0 >= size.big_after:
+                big = create_big()  # while the other batches advance
             if task.done():
                 task.result()  # a stand-in failure ends the benchmark, loudly
             size.rss_peak = max(size.rss_peak, rss_mb(pid))
@@ -489,7 +494,7 @@ def measure(
         time.sleep(30)
         size.idle = (quiet, snapshot(tmp, proxy_url))
         size.rss_end = rss_mb(pid)
-        waves = asyncio.run(waves_of(api_url, uids | {big}))
+        waves = asyncio.run(waves_of(api_url, uids | {big}, completer.released))
         others = {k: w for k, w in waves.items() if k[0] != big}
         size.latencies = latencies(others)
         size.started_latencies = latencies(others, to="started")
@@ -567,6 +572,12 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=4, help="experiments per batch")
     parser.add_argument("--big-wave", type=int, default=0, help="one more batch, 1 x N runs")
     parser.add_argument(
+        "--big-wave-after",
+        type=float,
+        default=0.0,
+        help="create that batch this many seconds after the others (0: first)",
+    )
+    parser.add_argument(
         "--stagger",
         type=float,
         default=0.0,
@@ -576,7 +587,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="instead of a new temp dir (logs, data)")
     args = parser.parse_args()
     sizes = [
-        Size(*map(int, s.split("x")), args.experiments, args.big_wave, stagger=args.stagger)
+        Size(
+            *map(int, s.split("x")),
+            args.experiments,
+            args.big_wave,
+            big_after=args.big_wave_after,
+            stagger=args.stagger,
+        )
         for s in args.sizes.split(",")
     ]
     env = {"SIERRA_OPERATOR_LOG_LEVEL": os.environ.get("SIERRA_OPERATOR_LOG_LEVEL", "WARNING")}
