@@ -44,6 +44,20 @@ def new_batch(api_url: str, batch_id: str, pool: str) -> PrefectBatch:
     return PrefectBatch(api_url, batch_id, pool, "q", pool_type="process")
 
 
+def a_batch(api_url: str, tmp_path: Any) -> tuple[tuple[str, str, str], PrefectBatch, dict]:
+    """A new batch's ids (API, batch id, pool), its PrefectBatch and its flow parameters."""
+    ids = (api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
+    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    return ids, new_batch(*ids), params
+
+
+async def provisioned(batch: PrefectBatch, tmp_path: Any) -> None:
+    """Pool, queue and deployment, as the reconciler makes them; hold queues read."""
+    await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
+    await batch.ensure_deployment(str(tmp_path))
+    await held.load(batch)
+
+
 def test_a_held_wave_is_handed_to_no_worker_until_released_also_after_a_restart(
     prefect_api_url: str, tmp_path: Any
 ) -> None:
@@ -51,16 +65,12 @@ def test_a_held_wave_is_handed_to_no_worker_until_released_also_after_a_restart(
     them out while the current experiment's runs are handed out; a restarted operator (a
     fresh PrefectBatch) still hides them and releases them with one request; after the
     release they are handed out and observed as submitted (queued)."""
-    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
-    batch = new_batch(*ids)
-    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    ids, batch, params = a_batch(prefect_api_url, tmp_path)
     current, following = wave("e0", 0, 2), wave("e1", 1, 3)
 
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
-        await batch.ensure_deployment(str(tmp_path))
-        await held.load(batch)
+        await provisioned(batch, tmp_path)
         running = set(await batch.submit_each(current, params))
         out["held"] = await held.hold(batch, following, params)
         held_ids = set(batch.held_in(held.queue_name(batch, following)))
@@ -119,16 +129,12 @@ def test_a_held_wave_that_is_not_decided_is_withdrawn_having_run_nothing(
     handed out, stay hidden, and its queue stays paused; a wave whose queue exists is never
     held again. On delete, a held flow run is Cancelled at once (no worker would confirm a
     Cancelling)."""
-    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
-    batch = new_batch(*ids)
-    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    ids, batch, params = a_batch(prefect_api_url, tmp_path)
     guessed, decided, later = wave("e1", 1, 2), wave("e1", 1, 2, attempt=2), wave("e2", 2, 1)
 
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
-        await batch.ensure_deployment(str(tmp_path))
-        await held.load(batch)
+        await provisioned(batch, tmp_path)
         await held.hold(batch, guessed, params)
         guessed_ids = batch.held_in(held.queue_name(batch, guessed))
         await batch.observe()
@@ -168,14 +174,11 @@ def test_a_wave_held_for_another_spec_generation_is_not_released(
     """A wave held under spec generation 1 carries that spec's packing and parameters: when
     generation 2 decides the very same runs, it is withdrawn (Cancelled, never handed out)
     and the caller submits them anew."""
-    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
-    batch = new_batch(*ids)
-    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    _ids, batch, params = a_batch(prefect_api_url, tmp_path)
     following = wave("e1", 1, 2)
 
     async def scenario() -> tuple[bool, list[Any], set[uuid.UUID]]:
-        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
-        await batch.ensure_deployment(str(tmp_path))
+        await provisioned(batch, tmp_path)
         await held.hold(batch, following, params, generation=1)
         old = batch.held_in(held.queue_name(batch, following, 1))
         await batch.observe()
@@ -199,9 +202,7 @@ def test_a_partly_held_wave_is_completed_or_never_released_in_part(
     is completed by the next hold while its queue is paused; a part that is never completed
     is not released: it is withdrawn and the caller submits the whole wave, so no run waits
     on a flow run that was never made, nor is made twice."""
-    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
-    batch = new_batch(*ids)
-    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    ids, batch, params = a_batch(prefect_api_url, tmp_path)
     first, second = wave("e1", 1, 3), wave("e2", 2, 2)
 
     async def lose_one(queue: str) -> None:
@@ -210,9 +211,7 @@ def test_a_partly_held_wave_is_completed_or_never_released_in_part(
 
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
-        await batch.ensure_deployment(str(tmp_path))
-        await held.load(batch)
+        await provisioned(batch, tmp_path)
         await held.hold(batch, first, params)
         await held.hold(batch, second, params)
         await lose_one(held.queue_name(batch, first))
@@ -252,16 +251,12 @@ def test_withdrawing_never_cancels_a_flow_run_a_worker_took(
     unpaused hold queue released and counts its flow runs."""
     from prefect.states import Running
 
-    ids = (prefect_api_url, f"b{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}")
-    batch = new_batch(*ids)
-    params = {"batch_id": ids[1], "batch_root": str(tmp_path), "workdir": str(tmp_path)}
+    ids, batch, params = a_batch(prefect_api_url, tmp_path)
     guessed, later = wave("e1", 1, 2), wave("e2", 2, 1)
 
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        await batch.ensure_pool(ProcessWorker.get_default_base_job_template())
-        await batch.ensure_deployment(str(tmp_path))
-        await held.load(batch)
+        await provisioned(batch, tmp_path)
         await held.hold(batch, guessed, params)
         await held.hold(batch, later, params)
         await batch.observe()

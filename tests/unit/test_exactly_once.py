@@ -46,6 +46,18 @@ BATCH = "b-1234"
 # ----------------------------------------------------------------------------- Job template
 
 
+def with_defaults(spec: SierraBatchSpec) -> dict:
+    """The batch's template as rendered, its values still variable defaults."""
+    return render_base_job_template(
+        default_kubernetes_template(),
+        spec,
+        image="r/x@sha256:abc",
+        namespace="lab",
+        service_account="sa",
+        claim_name="pvc",
+    )
+
+
 def test_worker_rendered_job_never_replaces_its_pod_nor_reschedules_on_sigterm():
     """Rendered by prefect-kubernetes' own job configuration, as its worker does."""
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
@@ -56,16 +68,7 @@ def test_worker_rendered_job_never_replaces_its_pod_nor_reschedules_on_sigterm()
             "experiments": [{"name": "e", "runs": [{"command": "true"}]}],
         }
     )
-    template = fixed(  # what the operator gives the pool
-        render_base_job_template(
-            default_kubernetes_template(),
-            spec,
-            image="r/x@sha256:abc",
-            namespace="lab",
-            service_account="sa",
-            claim_name="pvc",
-        )
-    )
+    template = fixed(with_defaults(spec))  # what the operator gives the pool
     # The client is only asked to resolve block/variable references; there are none here,
     # so one pointing nowhere proves nothing else is fetched.
     nowhere = PrefectClient(api="http://127.0.0.1:9/api")
@@ -399,14 +402,7 @@ def test_the_fixed_pool_template_renders_the_job_the_defaults_did():
             "experiments": [{"name": "e", "runs": [{"command": "true"}]}],
         }
     )
-    with_defaults = render_base_job_template(
-        default_kubernetes_template(),
-        spec,
-        image="r/x@sha256:abc",
-        namespace="lab",
-        service_account="sa",
-        claim_name="pvc",
-    )
+    defaults = with_defaults(spec)
     nowhere = PrefectClient(api="http://127.0.0.1:9/api")
     flow_run = FlowRun(id=uuid.uuid4(), name="e-run0-try1", flow_id=uuid.uuid4())
 
@@ -417,9 +413,9 @@ def test_the_fixed_pool_template_renders_the_job_the_defaults_did():
         config.prepare_for_flow_run(flow_run)
         return config.job_manifest
 
-    pool = fixed(with_defaults)
+    pool = fixed(defaults)
     assert pool["variables"] == {"type": "object", "properties": {}}
-    assert job(pool) == job(with_defaults)
+    assert job(pool) == job(defaults)
     container = job(pool)["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "r/x@sha256:abc"
     assert container["resources"] == {"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}
