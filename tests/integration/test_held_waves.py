@@ -292,3 +292,40 @@ def test_withdrawing_never_cancels_a_flow_run_a_worker_took(
     assert out["paused_again"] is True
     assert set(out["observed"]) == {("e1", 0)}, "the taken run counts: it is executing"
     assert ("e2", 0) in out["observed_after_load"], "an unpaused hold queue is released"
+
+
+def test_a_held_wave_partly_taken_by_hand_is_never_submitted_again(
+    prefect_api_url: str, tmp_path: Any
+) -> None:
+    """Someone unpaused a hold queue in Prefect's UI and cancelled one of its flow runs; a
+    worker took the other. When decide submits the wave, release neither unpauses nor lets
+    the caller submit it: the taken run now counts (executing), the cancelled one never ran
+    and stays uncounted, and only it is left for decide to submit next tick."""
+    from prefect.states import Cancelled, Running
+
+    ids, batch, params = a_batch(prefect_api_url, tmp_path)
+    following = wave("e1", 1, 2)
+
+    async def scenario() -> tuple[bool, dict]:
+        await provisioned(batch, tmp_path)
+        await held.hold(batch, following, params)
+        await batch.observe()
+        taken, cancelled = batch.held_in(held.queue_name(batch, following))
+        async with batch.client() as client:
+            queue = await client.read_work_queue_by_name(
+                held.queue_name(batch, following), work_pool_name=ids[2]
+            )
+            await client.update_work_queue(queue.id, is_paused=False)
+            await client.set_flow_run_state(taken, Running(), force=True)
+            await client.set_flow_run_state(cancelled, Cancelled(), force=True)
+        await batch.observe()
+        released = await held.release(batch, following)
+        observed = await batch.observe()
+        await batch.cancel_active(timeout=5)
+        await batch.cleanup()
+        return released, observed
+
+    released, observed = asyncio.run(scenario())
+    assert released is True, "the caller must not submit the wave again this tick"
+    assert set(observed) == {("e1", 0)} or set(observed) == {("e1", 1)}
+    assert next(iter(observed.values())).phase is RunPhase.RUNNING

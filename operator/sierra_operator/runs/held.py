@@ -134,7 +134,9 @@ async def release(prefect: PrefectBatch, action: SubmitRuns, generation: int | N
     spec ``generation``) and is released, False if the caller must submit it. Other held
     waves of its experiment can never be released and are withdrawn; so is ``action``'s own
     if it is not whole (a create of it failed) or one of its flow runs ended while held
-    (cancelled by hand, say): its runs are then submitted anew under their own keys. A
+    (cancelled by hand, say): its runs are then submitted anew under their own keys. True
+    too, with nothing released, when withdrawing found a run a worker took (a hold queue
+    unpaused by hand): it counts from now on and the wave is decided again next tick. A
     release whose answer is lost is read again from the server next tick (:func:`load`)."""
     queues = prefect.hold_queues or {}
     if not queues:
@@ -147,10 +149,16 @@ async def release(prefect: PrefectBatch, action: SubmitRuns, generation: int | N
     held = prefect.held_in(name) if mine is not None and mine.paused else []
     wanted = {((action.experiment, r.index), r.attempt) for r in action.runs}
     whole = prefect.runs_in(held) == wanted
-    if not whole or any(prefect.ended(run_id) for run_id in held):
-        await withdraw(prefect, stale + ([name] if held else []))
-        return False
-    await withdraw(prefect, stale)
+    # Held flow runs are not re-read while paused (observe): read them now, once.
+    states = await prefect.state_types(held) if whole else {}
+    if not whole or any(states.get(i) is not StateType.SCHEDULED for i in held):
+        _, taken = await _withdraw(prefect, stale + ([name] if held else []))
+        # A run a worker took (its queue unpaused by hand) now counts: decide again next
+        # tick with it executing, rather than submit its attempt a second time now.
+        return taken > 0
+    _, taken = await _withdraw(prefect, stale)
+    if taken:
+        return True  # the same: nothing more this tick
     assert mine is not None
     try:
         async with prefect.client() as client:
@@ -186,7 +194,12 @@ async def _forget_released(prefect: PrefectBatch, keep: str) -> None:
 
 async def withdraw(prefect: PrefectBatch, queue_names: list[str] | None = None) -> int:
     """Withdraw held waves (every one if ``queue_names`` is None); returns how many flow
-    runs it cancelled.
+    runs it cancelled (:func:`_withdraw`)."""
+    return (await _withdraw(prefect, queue_names))[0]
+
+
+async def _withdraw(prefect: PrefectBatch, queue_names: list[str] | None) -> tuple[int, int]:
+    """Withdraw held waves: (flow runs cancelled, flow runs found taken by a worker).
 
     Their queues are paused again first (they should be: a hand-unpaused one stops handing
     out more), then their flow runs still Scheduled are set Cancelled: those never ran. One a
@@ -200,7 +213,7 @@ async def withdraw(prefect: PrefectBatch, queue_names: list[str] | None = None) 
     ]
     held = [i for name in targets for i in prefect.held_in(name) if not prefect.ended(i)]
     if not held:
-        return 0
+        return 0, 0
     async with prefect.client() as client:
         for name in targets:
             await client.update_work_queue(queues[name].id, is_paused=True)
@@ -218,4 +231,4 @@ async def withdraw(prefect: PrefectBatch, queue_names: list[str] | None = None) 
                 run_id, Cancelled(message=WITHDRAWN_MESSAGE), force=True
             )
     log.info("batch %s: withdrew %d held flow run(s)", prefect.batch_id, len(waiting))
-    return len(waiting)
+    return len(waiting), len(taken)

@@ -828,9 +828,9 @@ class PrefectBatch:
         }
 
     async def state_types(self, flow_run_ids: list[UUID]) -> dict[UUID, StateType | None]:
-        """Each flow run's state type now (one read, not merged with other batches')."""
+        """Each flow run's state type now (in the operator, read with other batches' reads)."""
         async with self.client() as client:
-            found = await self._flow_runs(client, id=FlowRunFilterId(any_=flow_run_ids))
+            found = await self._flow_runs_by_id(client, flow_run_ids)
         return {fr.id: _state_type(fr) for fr in found}
 
     def ahead_busy(self) -> bool:
