@@ -149,9 +149,7 @@ async def release(prefect: PrefectBatch, action: SubmitRuns, generation: int | N
     held = prefect.held_in(name) if mine is not None and mine.paused else []
     wanted = {((action.experiment, r.index), r.attempt) for r in action.runs}
     whole = prefect.runs_in(held) == wanted
-    # Held flow runs are not re-read while paused (observe): read them now, once.
-    states = await prefect.state_types(held) if whole else {}
-    if not whole or any(states.get(i) is not StateType.SCHEDULED for i in held):
+    if not whole or any(prefect.ended(i) or prefect.taken(i) for i in held):
         _, taken = await _withdraw(prefect, stale + ([name] if held else []))
         # A run a worker took (its queue unpaused by hand) now counts: decide again next
         # tick with it executing, rather than submit its attempt a second time now.

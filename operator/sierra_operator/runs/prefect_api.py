@@ -471,6 +471,7 @@ class PrefectBatch:
     # read yet) and whether its workers poll them (None: not asked yet).
     hold_queues: dict[str, HoldQueue] | None = None
     holds_allowed: bool | None = None
+    _taken_held: set[UUID] = field(default_factory=set)  # held, yet seen taken by a worker
     flow_runs_read: int = 0  # flow runs read by observe() so far (what it costs Prefect)
     # Which flow run executes (experiment, run, attempt): to stop an attempt for good.
     attempt_flow_runs: dict[tuple[str, int, int], UUID] = field(default_factory=dict)
@@ -815,6 +816,10 @@ class PrefectBatch:
         """A prepared flow run's gate opened: its runs count from the next observe on."""
         self._hidden.pop(flow_run_id, None)
 
+    def taken(self, flow_run_id: UUID) -> bool:
+        """Whether a held flow run was last seen taken by a worker (runs/held.py)."""
+        return flow_run_id in self._taken_held
+
     def held_in(self, queue: str) -> list[UUID]:
         """The flow runs known to wait in hold queue ``queue`` (hidden from observe)."""
         return [run_id for run_id, where in self._hidden.items() if where == queue]
@@ -828,7 +833,7 @@ class PrefectBatch:
         }
 
     async def state_types(self, flow_run_ids: list[UUID]) -> dict[UUID, StateType | None]:
-        """Each flow run's state type now (in the operator, read with other batches' reads)."""
+        """Each flow run's state type now (in the operator, merged with other batches' reads)."""
         async with self.client() as client:
             found = await self._flow_runs_by_id(client, flow_run_ids)
         return {fr.id: _state_type(fr) for fr in found}
@@ -1067,10 +1072,7 @@ class PrefectBatch:
                 )
                 self._listed = True
             else:
-                # A flow run held in a paused queue (seen once) cannot change until its queue
-                # is released (runs/held.py): not read again meanwhile.
-                waiting = {i for i, where in self._hidden.items() if where and i in self._observed}
-                flow_runs = await self._flow_runs_by_id(client, sorted(self._unsettled - waiting))
+                flow_runs = await self._flow_runs_by_id(client, sorted(self._unsettled))
             self.flow_runs_read += len(flow_runs)
             live = [fr for fr in flow_runs if fr.id not in self._final]
             waves = [fr.id for fr in live if not _is_single_run(fr)]
@@ -1086,6 +1088,8 @@ class PrefectBatch:
         for fr in live:
             if fr.work_queue_name in held and _never_taken(fr):  # also after a restart
                 self._hidden.setdefault(fr.id, fr.work_queue_name)
+            elif self._hidden.get(fr.id):  # held, yet a worker took it (queue unpaused by hand)
+                self._taken_held.add(fr.id)
             observations, settled = flow_run_observations(fr, by_flow.get(fr.id, {}), lookup, now)
             self._observed[fr.id] = observations
             if settled:
