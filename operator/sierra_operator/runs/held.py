@@ -22,14 +22,17 @@ What keeps the invariants:
   and the experiment order hold).
 - Everything is kept in Prefect, so a restarted operator finds it: a hold queue's name says
   its experiment and its wave (:func:`~sierra_operator.core.names.hold_queue`), its pause
-  flag whether it is held, and every flow run in a paused hold queue is hidden.
-- A queue is used for one wave only and never paused again: a hold whose queue exists
-  already (held, released or withdrawn) is not made twice, and nothing is ever put in a
-  queue that is not paused.
-- A held wave that can no longer be the one decided (another wave of its experiment was
-  decided, one of its flow runs ended while held, the batch ended) is withdrawn: its queue
-  stays paused, its flow runs are set Cancelled having run nothing and stay hidden, and the
-  runs are submitted as usual under their normal keys.
+  flag whether it is held, and every flow run in a paused hold queue that no worker took is
+  hidden.
+- A queue is used for one wave only: a hold whose queue exists already (held, released or
+  withdrawn) is not made twice (one held in part is completed while its queue is paused),
+  nothing is ever put in a queue that is not paused, and only a whole wave is released.
+- A held wave that can no longer be the one decided (another wave of its experiment or
+  another spec generation was decided, one of its flow runs ended or was taken while held,
+  the batch ended) is withdrawn: its queue is paused (again), its flow runs still waiting
+  are set Cancelled having run nothing and stay hidden, one a worker took (its queue
+  unpaused by hand) counts from then on, and the rest are submitted as usual under their
+  normal keys.
 - Only a batch whose workers poll every queue of the pool holds waves (the reconciler asks
   once per operator process): workers of an older version poll the batch's queue only.
 
