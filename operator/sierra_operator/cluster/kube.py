@@ -8,13 +8,16 @@ worker Deployment, get on Secrets the batch names.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from sierra_operator.cluster.manifests import Manifest
 from sierra_operator.core import names
+
+T = TypeVar("T")
 
 
 def _api_for(api: client.ApiClient, kind: str) -> tuple[Any, str]:
@@ -57,14 +60,21 @@ async def ensure(api: client.ApiClient, manifest: Manifest, update: bool = False
     return True
 
 
-async def read_secret(api: client.ApiClient, namespace: str, name: str) -> dict[str, bytes] | None:
-    """A Secret's decoded data, or None if there is no such Secret. Never logged."""
+async def _found(read: Awaitable[T]) -> T | None:
+    """What ``read`` returns, or None when the API server answers 404 (no such object)."""
     try:
-        secret = await client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+        return await read
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
+
+
+async def read_secret(api: client.ApiClient, namespace: str, name: str) -> dict[str, bytes] | None:
+    """A Secret's decoded data, or None if there is no such Secret. Never logged."""
+    secret = await _found(client.CoreV1Api(api).read_namespaced_secret(name, namespace))
+    if secret is None:
+        return None
     return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
 
 
@@ -72,12 +82,9 @@ async def workers_poll_every_queue(api: client.ApiClient, namespace: str, name: 
     """Whether the worker Deployment ``name`` polls every queue of its pool (rendered by this
     version), so a wave held in a queue of its own is seen once released (runs/held.py).
     False for a Deployment of an older version (started for one queue) or none at all."""
-    try:
-        found = await client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
+    found = await _found(client.AppsV1Api(api).read_namespaced_deployment(name, namespace))
+    if found is None:
+        return False
     containers = found.spec.template.spec.containers or []
     return bool(containers) and not any(
         arg == "-q" or arg.startswith(names.WORKER_QUEUE_FLAG)  # also --work-queue=NAME

@@ -1109,11 +1109,12 @@ class PrefectBatch:
                     latest[key] = (attempt, obs)
         return {key: obs for key, (_, obs) in latest.items()}
 
-    async def _live_ids(self, client: PrefectClient) -> list[UUID]:
+    async def _live(self, client: PrefectClient) -> list[FlowRun]:
+        """Every flow run of the batch not final yet."""
         flow_runs = await self._flow_runs(
             client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
         )
-        return [fr.id for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+        return [fr for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
 
     async def _wait_final(self, client: PrefectClient, live: list[UUID], timeout: float) -> int:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -1126,7 +1127,8 @@ class PrefectBatch:
     async def wait_idle(self, timeout: float = 30.0) -> int:
         """Wait (bounded) for flow runs to finish on their own, e.g. before stopping workers."""
         async with self.client() as client:
-            return await self._wait_final(client, await self._live_ids(client), timeout)
+            live = [fr.id for fr in await self._live(client)]
+            return await self._wait_final(client, live, timeout)
 
     async def cancel_active(self, timeout: float = 30.0) -> int:
         """Cancel this batch's unfinished flow runs and wait (bounded) until they are final.
@@ -1134,10 +1136,7 @@ class PrefectBatch:
         Flow runs held in a paused queue (runs/held.py) are set Cancelled at once: no worker
         has them, so none would confirm a Cancelling."""
         async with self.client() as client:
-            flow_runs = await self._flow_runs(
-                client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
-            )
-            live = [fr for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+            live = await self._live(client)
             for fr in live:
                 held = names.held_experiment(self.queue, fr.work_queue_name or "") is not None
                 if held and _state_type(fr) is StateType.SCHEDULED:
@@ -1150,10 +1149,10 @@ class PrefectBatch:
         """Mark this batch's unfinished flow runs Cancelled, once nothing executes them any
         more (local mode stopped its executor); returns how many it marked."""
         async with self.client() as client:
-            live = await self._live_ids(client)
-            for run_id in live:
+            live = await self._live(client)
+            for fr in live:
                 await client.set_flow_run_state(
-                    run_id, Cancelled(message="local mode was interrupted"), force=True
+                    fr.id, Cancelled(message="local mode was interrupted"), force=True
                 )
             return len(live)
 
