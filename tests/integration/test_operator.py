@@ -389,6 +389,45 @@ def test_suspend_starts_nothing_until_resumed(kube, jobs, operator, workers, tmp
     wait_for(lambda: kube.batch("lab-a", "sleeper") is None, 60, "sleeper deleted")
 
 
+def read_pool(api_url: str, name: str) -> Any:
+    from prefect.client.orchestration import PrefectClient
+
+    async def read() -> Any:
+        async with PrefectClient(api=api_url) as client:
+            return await client.read_work_pool(name)
+
+    return asyncio.run(read())
+
+
+def test_a_changed_spec_reaches_the_work_pool(kube, operator, prefect_api_url, tmp_module):
+    """Parallelism and resources edited on a provisioned batch reach its pool: the pool's
+    concurrency limit is what workers enforce, so a raised parallelism left there would
+    keep runs waiting; the job template is what new run pods are made from."""
+    doc = batch_doc("edited", tmp_module / "root-edited", [[probe(0.1)] * 4], parallelism=2)
+    doc["spec"]["suspend"] = True  # provisioned, nothing run
+    kube.create_batch("lab-b", doc)
+    wait_for(lambda: kube.phase("lab-b", "edited") == "Suspended", 60, "Suspended")
+    pool = kube.batch("lab-b", "edited")["status"]["workPool"]
+    assert read_pool(prefect_api_url, pool).concurrency_limit == 2
+    assert "750m" not in json.dumps(read_pool(prefect_api_url, pool).base_job_template)
+
+    changed = {"parallelism": 4, "resources": {"requests": {"cpu": "750m"}}}
+    kube.patch_batch("lab-b", "edited", {"spec": {"execution": changed}})
+    wait_for(
+        lambda: read_pool(prefect_api_url, pool).concurrency_limit == 4,
+        60,
+        "the pool's limit raised with parallelism",
+    )
+    assert "750m" in json.dumps(read_pool(prefect_api_url, pool).base_job_template)
+    wait_for(
+        lambda: any(e.get("reason") == "PoolUpdated" for e in kube.events("lab-b")),
+        30,
+        "a PoolUpdated Event",
+    )
+    kube.delete_batch("lab-b", "edited")
+    wait_for(lambda: kube.batch("lab-b", "edited") is None, 60, "edited deleted")
+
+
 def test_failing_run_is_retried_then_stops_the_batch(kube, jobs, operator, workers, tmp_module):
     mount = tmp_module / "root-flaky"
     doc = batch_doc("flaky", mount, [[probe(0.2), probe(0.2, fail=True)], [probe(0.2)]], retries=1)

@@ -97,11 +97,10 @@ def _batch(server: StandIn, **kwargs: Any) -> PrefectBatch:
     """A batch whose client is ``server`` (its deployment known)."""
     batch = PrefectBatch(
         api_url="http://unused",
-        batch_id="b",
         pool="p",
         queue="q",
         deployment_id=uuid.uuid4(),
-        **({"submit_concurrency": 4} | kwargs),
+        **({"submit_concurrency": 4, "batch_id": "b"} | kwargs),
     )
     batch._listed = True
 
@@ -236,3 +235,33 @@ def test_batches_on_one_shared_client_share_its_submit_gate() -> None:
 )
 def test_which_refusals_mean_no_bulk_endpoint(status: int, body: Any, missing: bool) -> None:
     assert prefect_api._no_bulk_endpoint(_status_error(status, body).response) is missing
+
+
+def test_a_batch_waits_for_one_request_of_a_big_wave_not_all_of_them() -> None:
+    """The shared gate takes turns between batches: a batch submitting one run while a
+    1,000-run wave's ten requests wait is served next, not after all ten (a semaphore's
+    order: measured 49 s behind a big wave with one request in flight)."""
+    clients = PrefectClients(submit_concurrency=1)
+    server = StandIn()
+    big, small = _batch(server, batch_id="big"), _batch(server, batch_id="small")
+    big.clients = small.clients = clients
+    keys: list[str] = []
+    create = server.request
+
+    async def request(method: str, path: str, path_params: Any, json: Any) -> httpx.Response:
+        keys.append(json[0]["idempotency_key"].split("/")[0])
+        return await create(method, path, path_params, json)
+
+    server.request = request  # type: ignore[method-assign]
+
+    async def both() -> None:
+        wave = asyncio.create_task(big.submit_each(_wave(10 * prefect_api.BULK_CREATE_LIMIT), {}))
+        while not server.in_flight:  # the big wave's first request is in flight
+            await asyncio.sleep(0.001)
+        await small.submit_each(_wave(1, "other"), {})
+        assert not wave.done(), "the small batch was served while the big wave went on"
+        await wave
+
+    asyncio.run(both())
+    assert keys == ["big", "small"] + ["big"] * 9
+    assert server.peak == 1

@@ -69,7 +69,7 @@ true
 {{- define "sierra-operator.submitConcurrency" -}}
 {{- if kindIs "invalid" .Values.operator.submitConcurrency -}}
 {{- if and .Values.prefect.server.enabled (eq .Values.prefect.server.database.type "postgresql") -}}
-8
+2
 {{- else -}}
 1
 {{- end -}}

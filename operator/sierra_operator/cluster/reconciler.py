@@ -382,7 +382,9 @@ async def _prefect(
         submit_concurrency=ctx.settings.submit_concurrency,
     )
     if cache is not None:
+        fresh = prefect
         prefect = cache.setdefault((ctx.ref.uid, api_url, prefect.pool), prefect)
+        prefect.concurrency_limit = fresh.concurrency_limit  # the spec's, if it changed
     ref = ctx.spec.prefect.api_key_secret
     if ref is None:
         prefect.api_key = _default_api_key(ctx.settings, api_url)
@@ -450,9 +452,12 @@ async def _children(
 async def _pool(
     ctx: _Batch, status: BatchStatus, prefect: PrefectBatch, image: str, api_url: str
 ) -> BatchStatus:
-    """Work pool, queue and deployment once; the job template again when the image changed."""
+    """Work pool, queue and deployment once; the job template and concurrency limit again
+    when the image or the spec changed (resources, parallelism: the pool's limit is the
+    bound a worker enforces, so a raised parallelism must reach it)."""
     image_changed = ctx.previous.image != status.image
-    if not _is_true(ctx.previous, "PoolReady") or image_changed:
+    spec_changed = ctx.previous.observed_generation not in (None, ctx.generation)
+    if not _is_true(ctx.previous, "PoolReady") or image_changed or spec_changed:
         template = fixed(
             render_base_job_template(
                 default_kubernetes_template(),
@@ -471,9 +476,19 @@ async def _pool(
                 status, "PoolReady", "PoolNameTaken", str(exc), BatchPhase.PENDING
             ) from None
         if _is_true(ctx.previous, "PoolReady"):
-            # A rebuilt image: runs created from now on use the new digest.
-            await prefect.update_base_job_template(template)
-            ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
+            # Runs created from now on use the new digest, resources and parallelism.
+            await prefect.update_pool(template)
+            if image_changed:
+                ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
+            if spec_changed:
+                ctx.events.append(
+                    (
+                        "Normal",
+                        "PoolUpdated",
+                        f"work pool {prefect.pool}: at most {prefect.concurrency_limit} "
+                        "pods at once, job template from the changed spec",
+                    )
+                )
         else:
             await prefect.ensure_deployment(ctx.spec.sierra_root.mount_path)
             ctx.events.append(("Normal", "PoolReady", f"work pool {prefect.pool} on {api_url}"))

@@ -52,6 +52,7 @@ from sierra_operator.core.machine import (
 )
 from sierra_operator.core.plan import PlannedRun
 from sierra_operator.runs.coalesce import CoalescedReads
+from sierra_operator.runs.fair_gate import FairGate
 from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
 
 if TYPE_CHECKING:
@@ -336,7 +337,7 @@ class PrefectClients:
     def __init__(self, submit_concurrency: int = 1) -> None:
         self._open: dict[tuple[str, str | None], PrefectClient] = {}
         self.submit_concurrency = max(1, submit_concurrency)
-        self._gates: dict[tuple[str, str | None, bool], asyncio.Semaphore] = {}
+        self._gates: dict[tuple[str, str | None, bool], FairGate] = {}
         self._flow_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, FlowRun]] = {}
         self._task_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, list[TaskRun]]] = {}
 
@@ -377,13 +378,13 @@ class PrefectClients:
             self._task_run_reads[key] = CoalescedReads(fetch)
         return self._task_run_reads[key]
 
-    def submit_gate(
-        self, api_url: str, api_key: str | None, ahead: bool = False
-    ) -> asyncio.Semaphore:
+    def submit_gate(self, api_url: str, api_key: str | None, ahead: bool = False) -> FairGate:
         """The bound on requests creating flow runs (a bulk create, or a single one) in flight
         on the shared client for ``api_url`` and ``api_key``, across every batch: a gate per
         wave would let many batches' waves
-        together exceed the client's 16 connections and fail with httpx.PoolTimeout.
+        together exceed the client's 16 connections and fail with httpx.PoolTimeout. The
+        gate takes turns between batches (:mod:`.fair_gate`): a batch's one request waits
+        for at most one of each other waiting batch's, not for a big wave's every request.
 
         ``ahead``: creates of waves held ahead (runs/held.py) have a gate of their own, one
         request at a time: no wave waits for them to start, and a server's CPU is what every
@@ -391,7 +392,7 @@ class PrefectClients:
         waves. A batch finding this gate taken holds its wave at a later tick instead of
         waiting here (:func:`sierra_operator.runs.held.hold`)."""
         bound = 1 if ahead else self.submit_concurrency
-        return self._gates.setdefault((api_url, api_key, ahead), asyncio.Semaphore(bound))
+        return self._gates.setdefault((api_url, api_key, ahead), FairGate(bound))
 
     @asynccontextmanager
     async def get(self, api_url: str, api_key: str | None) -> AsyncIterator[PrefectClient]:
@@ -532,11 +533,15 @@ class PrefectBatch:
             except ObjectAlreadyExists:
                 pass  # made by an earlier reconcile whose status patch did not land
 
-    async def update_base_job_template(self, base_job_template: dict[str, Any]) -> None:
-        """Replace the pool's job template (a rebuilt image: new runs use its digest)."""
+    async def update_pool(self, base_job_template: dict[str, Any]) -> None:
+        """Replace the pool's job template and concurrency limit (a rebuilt image, or a
+        changed spec: new runs use its digest, resources and parallelism)."""
         async with self.client() as client:
             await client.update_work_pool(
-                self.pool, WorkPoolUpdate(base_job_template=base_job_template)
+                self.pool,
+                WorkPoolUpdate(
+                    base_job_template=base_job_template, concurrency_limit=self.concurrency_limit
+                ),
             )
 
     @property
@@ -897,7 +902,7 @@ class PrefectBatch:
         gate = (  # shared by every batch on a shared client: its connections are shared
             self.clients.submit_gate(self.api_url, self.api_key, ahead=hold_queue is not None)
             if self.clients is not None
-            else asyncio.Semaphore(max(1, self.submit_concurrency))
+            else FairGate(max(1, self.submit_concurrency))
         )
         creates = [
             self._group_create(action.experiment, runs, parameters, in_pod, hold_queue)
@@ -964,7 +969,7 @@ class PrefectBatch:
     async def _submit_chunk(
         self,
         client: PrefectClient,
-        gate: asyncio.Semaphore,
+        gate: FairGate,
         experiment: str,
         chunk: list[DeploymentFlowRunCreate],
     ) -> list[UUID]:
@@ -988,7 +993,7 @@ class PrefectBatch:
         while True:
             results = None
             if self._bulk_create is not False:
-                async with gate:
+                async with gate.turn(self.batch_id):
                     results = await self._create_runs(client, [chunk[i] for i in pending])
             refused: list[tuple[int, str]] = []
             if results is None:  # no bulk endpoint: one create each, below
@@ -1018,10 +1023,10 @@ class PrefectBatch:
         return [ids[i] for i in range(len(chunk))]
 
     async def _submit_one(
-        self, client: PrefectClient, gate: asyncio.Semaphore, create: DeploymentFlowRunCreate
+        self, client: PrefectClient, gate: FairGate, create: DeploymentFlowRunCreate
     ) -> UUID:
         """One create, recorded as it comes back (a server without the bulk endpoint)."""
-        async with gate:
+        async with gate.turn(self.batch_id):
             run_id = await self._create_run(client, create)
         return self._created(create, run_id)
 
