@@ -411,6 +411,9 @@ def test_a_changed_spec_reaches_the_work_pool(kube, operator, prefect_api_url, t
     assert read_pool(prefect_api_url, pool).concurrency_limit == 2
     assert "750m" not in json.dumps(read_pool(prefect_api_url, pool).base_job_template)
 
+    def updated() -> int:
+        return sum(e.get("reason") == "PoolUpdated" for e in kube.events("lab-b"))
+
     changed = {"parallelism": 4, "resources": {"requests": {"cpu": "750m"}}}
     kube.patch_batch("lab-b", "edited", {"spec": {"execution": changed}})
     wait_for(
@@ -419,11 +422,17 @@ def test_a_changed_spec_reaches_the_work_pool(kube, operator, prefect_api_url, t
         "the pool's limit raised with parallelism",
     )
     assert "750m" in json.dumps(read_pool(prefect_api_url, pool).base_job_template)
+    wait_for(lambda: updated() == 1, 30, "a PoolUpdated Event")
+    limit = read_pool(prefect_api_url, pool)
+    # A change that leaves the pool as it was (a label of the spec: workers) updates nothing.
+    kube.patch_batch("lab-b", "edited", {"spec": {"execution": {"workers": 2}}})
     wait_for(
-        lambda: any(e.get("reason") == "PoolUpdated" for e in kube.events("lab-b")),
+        lambda: kube.batch("lab-b", "edited")["status"].get("observedGeneration") == 3,
         30,
-        "a PoolUpdated Event",
+        "the third generation seen",
     )
+    assert read_pool(prefect_api_url, pool).updated == limit.updated
+    assert updated() == 1
     kube.delete_batch("lab-b", "edited")
     wait_for(lambda: kube.batch("lab-b", "edited") is None, 60, "edited deleted")
 

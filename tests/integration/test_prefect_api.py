@@ -437,7 +437,7 @@ def test_batches_share_one_open_client_per_api(prefect_api_url: str, tmp_path) -
     per batch per tick cost ~18 ms of CPU each: 100 batches would need a core for that): the
     same client across batches and calls, still open after each use, one per key."""
     from sierra_operator.core.machine import RunAttempt, SubmitRuns
-    from sierra_operator.runs.prefect_api import PrefectClients
+    from sierra_operator.runs.clients import PrefectClients
 
     clients = PrefectClients()
     root = str(tmp_path)

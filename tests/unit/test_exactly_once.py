@@ -35,8 +35,8 @@ from sierra_operator.core.model import (
 )
 from sierra_operator.core.plan import Plan, PlannedExperiment, PlannedRun
 from sierra_operator.runs import ledger
+from sierra_operator.runs.observations import SETTLE_GRACE_SECONDS, flow_run_observations
 from sierra_operator.runs.pool_template import fixed
-from sierra_operator.runs.prefect_api import SETTLE_GRACE_SECONDS, flow_run_observations
 
 pytestmark = pytest.mark.unit
 

@@ -25,7 +25,8 @@ from prefect.exceptions import PrefectHTTPStatusError
 
 from sierra_operator.core.machine import RunAttempt, SubmitRuns
 from sierra_operator.runs import prefect_api
-from sierra_operator.runs.prefect_api import FlowRunsRefused, PrefectBatch, PrefectClients
+from sierra_operator.runs.clients import PrefectClients
+from sierra_operator.runs.prefect_api import FlowRunsRefused, PrefectBatch
 
 LOCKED = "(sqlite3.OperationalError) database is locked\n[SQL: INSERT INTO flow_run ...]"
 

@@ -20,7 +20,7 @@ from sierra_operator.cluster.reconciler import finalize, reconcile, status_patch
 from sierra_operator.cluster.settings import OperatorSettings
 from sierra_operator.core.idle import FinalWrites, is_final, needs_reconcile
 from sierra_operator.core.model import GROUP, VERSION
-from sierra_operator.runs.prefect_api import PrefectClients
+from sierra_operator.runs.clients import PrefectClients
 
 SETTINGS = OperatorSettings.from_env()
 ANNOTATION_PREFIX = GROUP

@@ -52,13 +52,9 @@ from sierra_operator.core.model import (
 )
 from sierra_operator.core.plan import Plan, PlanError, plan_from_experiments, plan_from_json
 from sierra_operator.runs import held as held_waves
+from sierra_operator.runs.clients import PrefectClients
 from sierra_operator.runs.pool_template import fixed
-from sierra_operator.runs.prefect_api import (
-    FlowRunsRefused,
-    PoolConflict,
-    PrefectBatch,
-    PrefectClients,
-)
+from sierra_operator.runs.prefect_api import FlowRunsRefused, PoolConflict, PrefectBatch
 
 log = logging.getLogger(__name__)
 
@@ -469,18 +465,18 @@ async def _pool(
             )
         )
         try:
-            await prefect.ensure_pool(template)
+            existing = await prefect.ensure_pool(template)
         except PoolConflict as exc:
             # Not fatal: fixing spec.prefect.workPool (or deleting the stale pool) recovers.
             raise ctx.stop(
                 status, "PoolReady", "PoolNameTaken", str(exc), BatchPhase.PENDING
             ) from None
-        if _is_true(ctx.previous, "PoolReady"):
+        if _is_true(ctx.previous, "PoolReady") and existing is not None:
             # Runs created from now on use the new digest, resources and parallelism.
-            await prefect.update_pool(template)
+            updated = await prefect.update_pool(template, existing)
             if image_changed:
                 ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
-            if spec_changed:
+            elif updated:
                 ctx.events.append(
                     (
                         "Normal",

@@ -2,7 +2,7 @@
 
 Every batch on one Prefect API shares one bound on flow-run creates in flight (its client's
 connections and the server's CPU are shared: see
-:meth:`sierra_operator.runs.prefect_api.PrefectClients.submit_gate`). A semaphore serves its
+:meth:`sierra_operator.runs.clients.PrefectClients.submit_gate`). A semaphore serves its
 waiters in the order they came: a 1,000-run wave queues ten bulk requests at once, and a batch
 whose one request comes after them waits for all ten (measured: 49 s with one request in
 flight). Here each batch ("owner") has a queue of its own and a freed slot goes to the owner

@@ -51,7 +51,9 @@ from prefect.states import Cancelled
 
 from sierra_operator.core import names
 from sierra_operator.core.machine import SubmitRuns, pack
-from sierra_operator.runs.prefect_api import FINAL_STATES, PAGE, HoldQueue, PrefectBatch
+from sierra_operator.runs.clients import PAGE
+from sierra_operator.runs.observations import FINAL_STATES
+from sierra_operator.runs.prefect_api import HoldQueue, PrefectBatch
 
 log = logging.getLogger(__name__)
 

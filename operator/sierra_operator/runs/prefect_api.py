@@ -1,8 +1,9 @@
-"""Prefect adapter: work pool, queue, deployment, flow runs, and run observations.
+"""Prefect adapter: one batch's work pool, queue, deployment and flow runs.
 
-Translates the machine's actions into Prefect API calls and Prefect's flow/task run states
-into :class:`~sierra_operator.core.machine.RunObservation` values. Holds no decisions. Talks to
-an explicit API URL (never the user's profile).
+Translates the machine's actions into Prefect API calls, and reads the batch's flow and
+task runs back (what they say about its runs: :mod:`.observations`). Holds no decisions.
+Talks to an explicit API URL (never the user's profile), through the clients every batch
+of the operator shares (:mod:`.clients`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
@@ -34,10 +33,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterTags,
-    TaskRunFilter,
-    TaskRunFilterFlowRunId,
 )
-from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun, WorkPool
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling, Scheduled, to_state_create
 
@@ -46,31 +43,25 @@ from sierra_operator.core.machine import (
     RunAttempt,
     RunKey,
     RunObservation,
-    RunPhase,
     SubmitRuns,
     pack,
 )
-from sierra_operator.core.plan import PlannedRun
-from sierra_operator.runs.coalesce import CoalescedReads
+from sierra_operator.runs.clients import PAGE, PrefectClients, task_runs_of
 from sierra_operator.runs.fair_gate import FairGate
-from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
+from sierra_operator.runs.observations import (
+    FINAL_STATES,
+    flow_run_observations,
+    is_single_run,
+    ledger_lookup,
+    never_taken,
+    state_type,
+)
 
 if TYPE_CHECKING:
     import httpx
     from prefect.client.orchestration.routes import ServerRoutes
 
 log = logging.getLogger(__name__)
-
-PAGE = 200
-FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
-TASK_PHASES = {
-    StateType.COMPLETED: RunPhase.SUCCEEDED,
-    StateType.FAILED: RunPhase.FAILED,
-    StateType.CRASHED: RunPhase.FAILED,
-    StateType.CANCELLED: RunPhase.FAILED,
-    StateType.RUNNING: RunPhase.RUNNING,
-}
-
 
 BULK_CREATE_ROUTE = "/deployments/{id}/create_flow_run/bulk"
 """Prefect's bulk create of flow runs from a deployment (one transaction per request); its
@@ -134,291 +125,6 @@ def _refused_message(experiment: str, refused: list[tuple[str, str]], total: int
         f"Prefect refused {len(refused)} of {total} flow runs of {experiment} in a bulk "
         f"create{others}: {'; '.join(parts)}"
     )
-
-
-def _state_type(obj: FlowRun | TaskRun) -> StateType | None:
-    return obj.state.type if obj.state is not None else None
-
-
-RecordLookup = Callable[[str, str, int], RunRecord | None]
-"""(batch root, experiment, run index) -> the run's durable record, if readable here."""
-
-FLOW_PHASES = {
-    StateType.COMPLETED: RunPhase.SUCCEEDED,
-    StateType.FAILED: RunPhase.FAILED,
-    StateType.CRASHED: RunPhase.FAILED,
-    StateType.CANCELLED: RunPhase.FAILED,
-    StateType.RUNNING: RunPhase.RUNNING,
-    StateType.CANCELLING: RunPhase.RUNNING,
-}
-REASON_CHARS = 800
-SETTLE_GRACE_SECONDS = 60.0
-"""How long after a wave's flow run ended (failed, crashed, cancelled) its runs whose task
-run is not final yet wait for it in the cluster: task states reach Prefect's database
-asynchronously (events), so a run that completed in a pod that then crashed may still be
-reported COMPLETED. Past this, such a run is failed with the flow run's message, for good.
-A minute, not 15 s: on a loaded server task events lag well past 15 s, and a run that
-succeeded would be settled failed (and run again). The cost: a crashed pod's retry starts
-up to a minute later."""
-_MESSAGE_PREFIXES = (
-    "Flow run encountered an exception: ",
-    "Task run encountered an exception ",
-    "Task run encountered an exception: ",
-    "RunFailed: ",
-    "AttemptRefused: ",
-)
-
-
-def ledger_lookup(batch_root: str, experiment: str, index: int) -> RunRecord | None:
-    """The run's durable record on this machine's view of sierra-root (local mode)."""
-    return read_record(Path(batch_root), experiment, index)
-
-
-def _is_single_run(fr: FlowRun) -> bool:
-    """A flow run that executes exactly one run (the cluster's shape: one Job per run)."""
-    return any(tag.startswith(names.run_tag(0)[:-1]) for tag in fr.tags)
-
-
-def failure_reason(message: str | None, experiment: str, index: int, fallback: str) -> str:
-    """A state message as a run's failure reason: Prefect's and our prefixes removed, short."""
-    text = (message or "").strip()
-    changed = True
-    while changed:
-        changed = False
-        for prefix in (*_MESSAGE_PREFIXES, f"{experiment}/run{index} "):
-            if text.startswith(prefix):
-                text, changed = text[len(prefix) :].lstrip(), True
-    text = text or fallback
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
-
-
-def flow_run_observations(
-    fr: FlowRun,
-    tasks: dict[int, TaskRun],
-    record: RecordLookup | None = None,
-    now: datetime | None = None,
-) -> tuple[dict[RunKey, tuple[int, RunObservation]], bool]:
-    """Each run of one flow run, and whether these observations are settled for good.
-
-    A final flow run never turns a run into a failure through missing or stale task
-    information (task states reach Prefect's database later, through events):
-
-    * a flow run of one run (cluster) is that run: its own state is authoritative;
-    * in a wave, a final task state counts; else the durable run record of this attempt
-      (local mode; written as the command ends, before Prefect hears of it); else a
-      COMPLETED flow run means every run succeeded (the flow raises when one fails); else
-      a crashed or cancelled flow run failed its unfinished runs (local mode: a failed one
-      too, as it left no record); in the cluster (no records to read: the PVC is the
-      pods') only once :data:`SETTLE_GRACE_SECONDS` after it ended (at ``now``, default
-      the clock), so a pod that crashed after some of its runs completed fails exactly the
-      runs it still held;
-    anything still unknown stays active and is read again.
-    """
-    now = now or datetime.now(UTC)
-    flow_state = _state_type(fr)
-    flow_final = flow_state in FINAL_STATES
-    experiment = str(fr.parameters.get("experiment"))
-    batch_root = str(fr.parameters.get("batch_root", ""))
-    single = _is_single_run(fr)
-    out = {}
-    for run in fr.parameters.get("runs", []):
-        index, attempt = int(run["index"]), int(run["attempt"])
-        log = str(run_paths(Path(batch_root), experiment, index)[1]) if batch_root else None
-        obs = _observe_run(fr, tasks.get(index), single, experiment, index, attempt, record, now)
-        if obs.phase is RunPhase.FAILED:
-            obs = RunObservation(obs.phase, attempt, obs.reason, log)
-        out[(experiment, index)] = (attempt, obs)
-    settled = flow_final and all(
-        obs.phase in (RunPhase.SUCCEEDED, RunPhase.FAILED) for _, obs in out.values()
-    )
-    return out, settled
-
-
-def _observe_run(
-    fr: FlowRun,
-    tr: TaskRun | None,
-    single: bool,
-    experiment: str,
-    index: int,
-    attempt: int,
-    record: RecordLookup | None,
-    now: datetime,
-) -> RunObservation:
-    flow_state = _state_type(fr)
-    flow_message = fr.state.message if fr.state is not None else None
-
-    def failed(message: str | None, fallback: str) -> RunObservation:
-        return RunObservation(
-            RunPhase.FAILED, attempt, failure_reason(message, experiment, index, fallback)
-        )
-
-    if single:
-        phase = FLOW_PHASES.get(flow_state, RunPhase.PENDING) if flow_state else RunPhase.PENDING
-        if phase is RunPhase.FAILED:
-            return failed(flow_message, f"flow run {fr.name} ended {flow_state}")
-        return RunObservation(phase, attempt)
-    task_state = _state_type(tr) if tr is not None else None
-    if task_state in FINAL_STATES:
-        assert tr is not None and tr.state is not None
-        phase = TASK_PHASES[task_state]
-        if phase is RunPhase.FAILED:
-            return failed(tr.state.message, f"task run ended {task_state}")
-        return RunObservation(phase, attempt)
-    # The record of this attempt is written as its command ends, before Prefect hears of
-    # it (task states arrive through events, the flow run ends later): it settles the run
-    # as soon as it exists, so the next wave does not wait for Prefect's bookkeeping.
-    rec = record(str(fr.parameters.get("batch_root", "")), experiment, index) if record else None
-    if _record_of(rec, fr, index, attempt):
-        assert rec is not None
-        if rec.succeeded:
-            return RunObservation(RunPhase.SUCCEEDED, attempt)
-        return failed(rec.reason, f"exited {rec.exit_code}")
-    if flow_state not in FINAL_STATES:
-        phase = TASK_PHASES.get(task_state, RunPhase.PENDING) if task_state else RunPhase.PENDING
-        return RunObservation(phase, attempt)
-    if flow_state is StateType.COMPLETED:
-        return RunObservation(RunPhase.SUCCEEDED, attempt)
-    if record is not None or _grace_passed(fr, now):
-        # It never wrote its record, or its task run's end never reached Prefect: the flow
-        # run ended (failed, crashed, cancelled) under it.
-        return failed(flow_message, f"flow run {fr.name} ended {flow_state} before it finished")
-    return RunObservation(RunPhase.RUNNING, attempt)  # not known yet: read again
-
-
-def _never_taken(fr: FlowRun) -> bool:
-    """A flow run no worker took: waiting (Scheduled) or withdrawn (Cancelled) before it
-    started. One taken while its hold queue was unpaused (by hand) counts as submitted."""
-    return fr.start_time is None and _state_type(fr) in (StateType.SCHEDULED, StateType.CANCELLED)
-
-
-def _grace_passed(fr: FlowRun, now: datetime) -> bool:
-    """Whether :data:`SETTLE_GRACE_SECONDS` have passed since the final flow run ``fr`` ended."""
-    ended = fr.end_time or (fr.state.timestamp if fr.state is not None else None)
-    return ended is None or (now - ended).total_seconds() >= SETTLE_GRACE_SECONDS
-
-
-def _record_of(rec: RunRecord | None, fr: FlowRun, index: int, attempt: int) -> bool:
-    """Whether ``rec`` is the record of this flow run's attempt of run ``index``: same batch
-    (a local invocation counts attempts from 1 again), same attempt, same command."""
-    if rec is None or rec.attempt != attempt or rec.batch_id != fr.parameters.get("batch_id"):
-        return False
-    command = next(
-        (str(r.get("command")) for r in fr.parameters.get("runs", []) if r["index"] == index),
-        None,
-    )
-    return command is not None and rec.command_sha == PlannedRun(index, command).command_sha
-
-
-async def task_runs_of(client: PrefectClient, flow_run_ids: list[UUID]) -> list[TaskRun]:
-    """Every task run of these flow runs, page by page."""
-    out: list[TaskRun] = []
-    while flow_run_ids:
-        page = await client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=flow_run_ids)),
-            limit=PAGE,
-            offset=len(out),
-        )
-        out.extend(page)
-        if len(page) < PAGE:
-            break
-    return out
-
-
-class PrefectClients:
-    """One open client per (API URL, API key), shared by every batch of a long-lived process.
-
-    Opening a PrefectClient costs ~18 ms of CPU (an httpx client with its TLS context) and
-    a new connection: once per batch per tick, 100 active batches would need more than a
-    core for that alone. A shared client keeps its connections (at most 16 in flight: the
-    operator's bound on concurrent Prefect requests). PrefectClient nests: ``async with``
-    on an open one neither reopens nor closes it. Bound to the event loop that opened it.
-    """
-
-    def __init__(self, submit_concurrency: int = 1) -> None:
-        self._open: dict[tuple[str, str | None], PrefectClient] = {}
-        self.submit_concurrency = max(1, submit_concurrency)
-        self._gates: dict[tuple[str, str | None, bool], FairGate] = {}
-        self._flow_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, FlowRun]] = {}
-        self._task_run_reads: dict[tuple[str, str | None], CoalescedReads[UUID, list[TaskRun]]] = {}
-
-    def flow_run_reads(self, api_url: str, api_key: str | None) -> CoalescedReads[UUID, FlowRun]:
-        """Flow runs by id, every batch's reads of one API merged (see :mod:`.coalesce`)."""
-        key = (api_url, api_key)
-        if key not in self._flow_run_reads:
-
-            async def fetch(ids: list[UUID]) -> dict[UUID, FlowRun]:
-                found: dict[UUID, FlowRun] = {}
-                async with self.get(api_url, api_key) as client:
-                    for i in range(0, len(ids), PAGE):
-                        chunk = FlowRunFilterId(any_=ids[i : i + PAGE])
-                        page = await client.read_flow_runs(
-                            flow_run_filter=FlowRunFilter(id=chunk), limit=PAGE
-                        )
-                        found.update((fr.id, fr) for fr in page)
-                return found
-
-            self._flow_run_reads[key] = CoalescedReads(fetch)
-        return self._flow_run_reads[key]
-
-    def task_run_reads(
-        self, api_url: str, api_key: str | None
-    ) -> CoalescedReads[UUID, list[TaskRun]]:
-        """Task runs by flow run id (packed waves), every batch's reads of one API merged."""
-        key = (api_url, api_key)
-        if key not in self._task_run_reads:
-
-            async def fetch(ids: list[UUID]) -> dict[UUID, list[TaskRun]]:
-                found: dict[UUID, list[TaskRun]] = {}
-                async with self.get(api_url, api_key) as client:
-                    for tr in await task_runs_of(client, ids):
-                        if tr.flow_run_id is not None:
-                            found.setdefault(tr.flow_run_id, []).append(tr)
-                return found
-
-            self._task_run_reads[key] = CoalescedReads(fetch)
-        return self._task_run_reads[key]
-
-    def submit_gate(self, api_url: str, api_key: str | None, ahead: bool = False) -> FairGate:
-        """The bound on requests creating flow runs (a bulk create, or a single one) in flight
-        on the shared client for ``api_url`` and ``api_key``, across every batch: a gate per
-        wave would let many batches' waves
-        together exceed the client's 16 connections and fail with httpx.PoolTimeout. The
-        gate takes turns between batches (:mod:`.fair_gate`): a batch's one request waits
-        for at most one of each other waiting batch's, not for a big wave's every request.
-
-        ``ahead``: creates of waves held ahead (runs/held.py) have a gate of their own, one
-        request at a time: no wave waits for them to start, and a server's CPU is what every
-        advance waits for, so a burst of them would delay the reads and releases that start
-        waves. A batch finding this gate taken holds its wave at a later tick instead of
-        waiting here (:func:`sierra_operator.runs.held.hold`)."""
-        bound = 1 if ahead else self.submit_concurrency
-        return self._gates.setdefault((api_url, api_key, ahead), FairGate(bound))
-
-    @asynccontextmanager
-    async def get(self, api_url: str, api_key: str | None) -> AsyncIterator[PrefectClient]:
-        """The open client for ``api_url`` with ``api_key`` (opened on first use)."""
-        key = (api_url, api_key)
-        client = self._open.get(key)
-        if client is None:
-            client = PrefectClient(api=api_url, api_key=api_key)
-            await client.__aenter__()
-            if self._open.setdefault(key, client) is not client:  # opened meanwhile
-                await client.__aexit__(None, None, None)
-                client = self._open[key]
-        async with client:
-            yield client
-
-    @property
-    def opened(self) -> int:
-        """How many clients are open (one per API URL and key in use)."""
-        return len(self._open)
-
-    async def close(self) -> None:
-        """Close every client (at shutdown)."""
-        clients, self._open = list(self._open.values()), {}
-        self._gates = {}
-        for client in clients:
-            await client.__aexit__(None, None, None)
 
 
 @dataclass(frozen=True)
@@ -503,8 +209,9 @@ class PrefectBatch:
             return self.clients.get(self.api_url, self.api_key)
         return PrefectClient(api=self.api_url, api_key=self.api_key)
 
-    async def ensure_pool(self, base_job_template: dict[str, Any]) -> None:
-        """Create the pool and queue; refuse a same-named pool made by someone else."""
+    async def ensure_pool(self, base_job_template: dict[str, Any]) -> WorkPool | None:
+        """Create the pool and queue; refuse a same-named pool made by someone else. The
+        pool as it was, if it existed (for :meth:`update_pool`)."""
         async with self.client() as client:
             try:
                 existing = await client.read_work_pool(self.pool)
@@ -532,10 +239,18 @@ class PrefectBatch:
                 await client.create_work_queue(name=self.queue, work_pool_name=self.pool)
             except ObjectAlreadyExists:
                 pass  # made by an earlier reconcile whose status patch did not land
+        return existing
 
-    async def update_pool(self, base_job_template: dict[str, Any]) -> None:
-        """Replace the pool's job template and concurrency limit (a rebuilt image, or a
-        changed spec: new runs use its digest, resources and parallelism)."""
+    async def update_pool(self, base_job_template: dict[str, Any], pool: WorkPool) -> bool:
+        """Replace the job template and concurrency limit of ``pool`` (as read) if they
+        differ (a rebuilt image, or a changed spec: new runs use its digest, resources and
+        parallelism); whether they did (a change such as ``suspend`` leaves both as they
+        were)."""
+        if (
+            pool.base_job_template == base_job_template
+            and pool.concurrency_limit == self.concurrency_limit
+        ):
+            return False
         async with self.client() as client:
             await client.update_work_pool(
                 self.pool,
@@ -543,6 +258,7 @@ class PrefectBatch:
                     base_job_template=base_job_template, concurrency_limit=self.concurrency_limit
                 ),
             )
+        return True
 
     @property
     def deployment_name(self) -> str:
@@ -666,7 +382,7 @@ class PrefectBatch:
                     idempotency_key=f"{self.batch_id}/plan/{key}",
                 )
                 self._plan_runs[key] = run.id
-            state = _state_type(run)
+            state = state_type(run)
             if state is StateType.COMPLETED:
                 artifacts = await client.read_artifacts(
                     artifact_filter=ArtifactFilter(
@@ -841,7 +557,7 @@ class PrefectBatch:
         """Each flow run's state type now (in the operator, merged with other batches' reads)."""
         async with self.client() as client:
             found = await self._flow_runs_by_id(client, flow_run_ids)
-        return {fr.id: _state_type(fr) for fr in found}
+        return {fr.id: state_type(fr) for fr in found}
 
     def ahead_busy(self) -> bool:
         """Whether another batch's wave held ahead is being created on this client now."""
@@ -1080,7 +796,7 @@ class PrefectBatch:
                 flow_runs = await self._flow_runs_by_id(client, sorted(self._unsettled))
             self.flow_runs_read += len(flow_runs)
             live = [fr for fr in flow_runs if fr.id not in self._final]
-            waves = [fr.id for fr in live if not _is_single_run(fr)]
+            waves = [fr.id for fr in live if not is_single_run(fr)]
             tasks = await self._task_runs(client, waves)
         by_flow: dict[UUID, dict[int, TaskRun]] = {}
         for tr in tasks:
@@ -1091,7 +807,7 @@ class PrefectBatch:
         now = datetime.now(UTC)
         held = {name for name, q in (self.hold_queues or {}).items() if q.paused}
         for fr in live:
-            if fr.work_queue_name in held and _never_taken(fr):  # also after a restart
+            if fr.work_queue_name in held and never_taken(fr):  # also after a restart
                 self._hidden.setdefault(fr.id, fr.work_queue_name)
             elif self._hidden.get(fr.id):  # held, yet a worker took it (queue unpaused by hand)
                 self._taken_held.add(fr.id)
@@ -1119,14 +835,14 @@ class PrefectBatch:
         flow_runs = await self._flow_runs(
             client, tags=FlowRunFilterTags(all_=[names.batch_tag(self.batch_id)])
         )
-        return [fr for fr in flow_runs if _state_type(fr) not in FINAL_STATES]
+        return [fr for fr in flow_runs if state_type(fr) not in FINAL_STATES]
 
     async def _wait_final(self, client: PrefectClient, live: list[UUID], timeout: float) -> int:
         deadline = asyncio.get_running_loop().time() + timeout
         while live and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
             runs = await self._flow_runs(client, id=FlowRunFilterId(any_=live))
-            live = [fr.id for fr in runs if _state_type(fr) not in FINAL_STATES]
+            live = [fr.id for fr in runs if state_type(fr) not in FINAL_STATES]
         return len(live)
 
     async def wait_idle(self, timeout: float = 30.0) -> int:
@@ -1144,7 +860,7 @@ class PrefectBatch:
             live = await self._live(client)
             for fr in live:
                 held = names.held_experiment(self.queue, fr.work_queue_name or "") is not None
-                if held and _state_type(fr) is StateType.SCHEDULED:
+                if held and state_type(fr) is StateType.SCHEDULED:
                     await client.set_flow_run_state(fr.id, Cancelled(), force=True)
                 else:
                     await client.set_flow_run_state(fr.id, Cancelling(), force=True)
