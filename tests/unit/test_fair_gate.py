@@ -15,6 +15,17 @@ async def _hold(gate: FairGate, owner: str, order: list[str], release: asyncio.E
         await release.wait()
 
 
+def _idle(gate: FairGate) -> bool:
+    """Nothing held, waited for or remembered: no slot or owner left behind."""
+    return (
+        not gate.locked()
+        and gate._free == gate.bound
+        and not gate._holding
+        and not gate._served
+        and not gate._waiting
+    )
+
+
 async def _served(gate: FairGate, arrivals: list[str]) -> list[str]:
     """The order ``arrivals`` (queued in this order behind one holder) are served in."""
     order: list[str] = []
@@ -28,6 +39,7 @@ async def _served(gate: FairGate, arrivals: list[str]) -> list[str]:
     assert gate.waiting() == len(arrivals)
     first.set()
     await asyncio.gather(holder, *tasks)
+    assert _idle(gate)
     return order[1:]
 
 
@@ -40,6 +52,38 @@ def test_an_owner_arriving_goes_before_one_already_holding() -> None:
     """The holder's own queue waits behind a newcomer: served once, it waits its turn."""
     order = asyncio.run(_served(FairGate(1), ["holder", "holder", "new"]))
     assert order == ["new", "holder", "holder"]
+
+
+def test_owners_coming_back_again_and_again_do_not_starve_a_big_one() -> None:
+    """Batches advancing one request at a time, again and again, take turns with a big
+    wave's requests: each was served more recently than the wave when it comes back."""
+    gate = FairGate(1)
+
+    async def run() -> list[str]:
+        order: list[str] = []
+
+        go = asyncio.Event()
+
+        async def one(owner: str) -> None:
+            async with gate.turn(owner):
+                order.append(owner)
+                await go.wait()
+
+        async def again(owner: str) -> None:
+            for _ in range(4):
+                await one(owner)
+
+        big = [asyncio.create_task(one("big")) for _ in range(3)]
+        small = [asyncio.create_task(again(o)) for o in ("s0", "s1")]
+        await asyncio.sleep(0)  # the first big one holds the slot, the others wait
+        assert gate.waiting() == 4
+        go.set()
+        await asyncio.gather(*big, *small)
+        return order
+
+    order = asyncio.run(run())
+    assert order[:7] == ["big", "s0", "s1", "big", "s0", "s1", "big"]
+    assert _idle(gate)
 
 
 def test_one_owner_alone_is_served_first_come_first_served() -> None:
@@ -79,7 +123,7 @@ def test_never_more_than_bound_at_once() -> None:
         await asyncio.gather(*(one(f"o{i % 4}") for i in range(40)))
 
     asyncio.run(run())
-    assert peak == 3 and inside == 0 and not gate.locked()
+    assert peak == 3 and inside == 0 and _idle(gate)
 
 
 def test_a_cancelled_waiter_loses_its_place_and_no_slot() -> None:
@@ -103,7 +147,7 @@ def test_a_cancelled_waiter_loses_its_place_and_no_slot() -> None:
         return order
 
     assert asyncio.run(run()) == ["holder", "after"]
-    assert not gate.locked()
+    assert _idle(gate)
 
 
 def test_a_waiter_cancelled_as_it_is_granted_passes_the_slot_on() -> None:
@@ -126,7 +170,7 @@ def test_a_waiter_cancelled_as_it_is_granted_passes_the_slot_on() -> None:
         return order
 
     assert asyncio.run(run()) == ["after"]
-    assert not gate.locked()
+    assert _idle(gate)
 
 
 def test_a_bound_below_one_is_refused() -> None:

@@ -16,7 +16,14 @@ from sierra_operator.cluster.reconciler import (
 )
 from sierra_operator.cluster.settings import OperatorSettings
 from sierra_operator.core.idle import needs_reconcile
-from sierra_operator.core.model import BatchPhase, BatchStatus, Condition, SpecError, parse_batch
+from sierra_operator.core.model import (
+    BatchPhase,
+    BatchStatus,
+    Condition,
+    ImageStatus,
+    SpecError,
+    parse_batch,
+)
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -294,3 +301,64 @@ def test_a_retry_waiting_for_the_previous_attempts_job_says_which(monkeypatch):
     action = SubmitRuns("e", 0, (RunAttempt(3, "c", 2), RunAttempt(4, "c", 1)))
     assert asyncio.run(_previous_attempts_left(ctx, prefect, action)) == "run3 attempt 1"  # type: ignore[arg-type]
     assert asked == [str(old)], "only a retried run's previous attempt is asked about"
+
+
+class _PoolOnly:
+    """The pool calls of a PrefectBatch (a stand-in, say so: it counts what `_pool` asks
+    for; the same path against a real server: test_operator.py, a changed spec)."""
+
+    pool = "p"
+    concurrency_limit = 4
+
+    def __init__(self, existing: object) -> None:
+        self.existing = existing
+        self.updates: list[dict] = []
+        self.deployed = 0
+
+    async def ensure_pool(self, template: dict) -> object:
+        return self.existing
+
+    async def update_pool(self, template: dict, pool: object) -> bool:
+        self.updates.append(template)
+        return True
+
+    async def ensure_deployment(self, mount_path: str) -> None:
+        self.deployed += 1
+
+
+def _pool_ctx(previous: BatchStatus):
+    from sierra_operator.cluster.manifests import BatchRef
+    from sierra_operator.cluster.reconciler import _Batch
+
+    b = body()
+    batch = parse_batch(b)
+    return _Batch(batch, BatchRef("b", "ns", "u1"), 3, previous, OperatorSettings(), None, NOW)  # type: ignore[arg-type]
+
+
+def test_a_pool_change_that_failed_once_is_applied_by_the_next_reconcile():
+    """A reconcile that saw a new spec stores its generation even when Prefect then failed
+    (PoolReady=False): the next one, seeing no new generation, must still bring the
+    existing pool to the spec (its limit, its template), not leave it as it was."""
+    from types import SimpleNamespace
+
+    from sierra_operator.cluster.reconciler import _pool
+
+    failed = BatchStatus(
+        observed_generation=3,
+        image=ImageStatus(ref="r/x:1", digest="sha256:" + "0" * 64),
+        conditions=[Condition(type="PoolReady", status="False", reason="PrefectUnavailable")],
+    )
+    prefect = _PoolOnly(existing=SimpleNamespace(base_job_template={}, concurrency_limit=2))
+    ctx = _pool_ctx(failed)
+    image = "r/x@sha256:" + "0" * 64
+    asyncio.run(_pool(ctx, failed, prefect, image, "http://x/api"))  # type: ignore[arg-type]
+    assert len(prefect.updates) == 1, "the pool brought to the spec"
+    assert [e[1] for e in ctx.events] == ["PoolUpdated", "PoolReady"]
+
+    ready = failed.model_copy(
+        update={"conditions": [Condition(type="PoolReady", status="True", reason="Created")]}
+    )
+    prefect = _PoolOnly(existing=None)
+    ctx = _pool_ctx(ready)
+    asyncio.run(_pool(ctx, ready, prefect, image, "http://x/api"))  # type: ignore[arg-type]
+    assert prefect.updates == [] and ctx.events == [], "same spec, pool ready: no request"

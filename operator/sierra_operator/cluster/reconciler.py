@@ -471,21 +471,24 @@ async def _pool(
             raise ctx.stop(
                 status, "PoolReady", "PoolNameTaken", str(exc), BatchPhase.PENDING
             ) from None
-        if _is_true(ctx.previous, "PoolReady") and existing is not None:
-            # Runs created from now on use the new digest, resources and parallelism.
-            updated = await prefect.update_pool(template, existing)
-            if image_changed:
-                ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
-            elif updated:
-                ctx.events.append(
-                    (
-                        "Normal",
-                        "PoolUpdated",
-                        f"work pool {prefect.pool}: at most {prefect.concurrency_limit} "
-                        "pods at once, job template from the changed spec",
-                    )
+        # An existing pool gets the template and limit of this spec and image whenever they
+        # differ, also when PoolReady is False: a reconcile that saw the change and then
+        # failed (Prefect away) must not leave the pool as it was for good. Runs not yet
+        # started use them.
+        updated = existing is not None and await prefect.update_pool(template, existing)
+        ready = _is_true(ctx.previous, "PoolReady")
+        if ready and image_changed:
+            ctx.events.append(("Normal", "ImageChanged", f"new runs use {image}"))
+        elif updated:
+            ctx.events.append(
+                (
+                    "Normal",
+                    "PoolUpdated",
+                    f"work pool {prefect.pool}: at most {prefect.concurrency_limit} pods at "
+                    "once, job template from the spec",
                 )
-        else:
+            )
+        if not ready:
             await prefect.ensure_deployment(ctx.spec.sierra_root.mount_path)
             ctx.events.append(("Normal", "PoolReady", f"work pool {prefect.pool} on {api_url}"))
     status = _condition(status, ctx.now, "PoolReady", True, "Created", f"work pool {prefect.pool}")

@@ -6,8 +6,9 @@ connections and the server's CPU are shared: see
 waiters in the order they came: a 1,000-run wave queues ten bulk requests at once, and a batch
 whose one request comes after them waits for all ten (measured: 49 s with one request in
 flight). Here each batch ("owner") has a queue of its own and a freed slot goes to the owner
-served least recently, so a batch arriving waits for the requests in flight and at most one
-of each other batch waiting, however many each has queued. Within one owner requests keep
+served least recently, so a batch's request waits for the requests in flight and at most one
+of each other batch waiting, however many each has queued (a batch coming back again and
+again does not jump the queue: it was served recently). Within one owner requests keep
 their order.
 """
 
@@ -21,7 +22,7 @@ from contextlib import asynccontextmanager
 
 class FairGate:
     """At most ``bound`` holders at once; waiters served by owner, the one served least
-    recently first (an owner holding or waiting nothing starts afresh), FIFO within one.
+    recently first (one never served before all), FIFO within one.
 
     Bound to the event loop of its first waiter (as :class:`asyncio.Semaphore` is)."""
 
@@ -32,7 +33,7 @@ class FairGate:
         self._free = bound
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}  # in order of arrival
         self._holding: dict[str, int] = {}  # slots each owner holds
-        self._served: dict[str, int] = {}  # when each owner holding or waiting last got one
+        self._served: dict[str, int] = {}  # when each owner last got one (see _prune)
         self._clock = 0
 
     def locked(self) -> bool:
@@ -80,13 +81,19 @@ class FairGate:
         self._holding[owner] -= 1
         if not self._holding[owner]:
             del self._holding[owner]
-        self._settle(owner)
         self._grant()
+        self._prune()
 
-    def _settle(self, owner: str) -> None:
-        """An owner neither holding nor waiting is forgotten: back, it is served first."""
-        if owner not in self._holding and owner not in self._waiting:
-            self._served.pop(owner, None)
+    def _prune(self) -> None:
+        """Forget owners holding and waiting nothing that were served before every owner
+        that is: back, they would be served before those anyway (as one never served is).
+        One served more recently is kept, or a batch advancing again and again with one
+        request each time would always come first, and a big wave never get its turn."""
+        busy = [self._served[o] for o in (*self._holding, *self._waiting) if o in self._served]
+        floor = min(busy, default=None)
+        for owner in [o for o in self._served if o not in self._holding]:
+            if owner not in self._waiting and (floor is None or self._served[owner] < floor):
+                del self._served[owner]
 
     def _grant(self) -> None:
         """Free slots to waiters: the owner served least recently first (one never served,
@@ -98,7 +105,6 @@ class FairGate:
             if not queue:
                 del self._waiting[owner]
             if future.done():  # cancelled while waiting, not yet forgotten
-                self._settle(owner)
                 continue
             self._take(owner)
             future.set_result(None)
@@ -109,4 +115,4 @@ class FairGate:
             queue.remove(future)
             if not queue:
                 del self._waiting[owner]
-        self._settle(owner)
+        self._prune()
