@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 
 from sierra_operator.local.server import LocalPrefectServer
 from tests.image_env import ImageEnv, missing_tools, start_image_env
+
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits
+# SIGINT ignored (POSIX), and Python then installs no KeyboardInterrupt handler, neither here
+# nor in the CLIs the tests start (an ignored signal stays ignored across exec): the Ctrl-C
+# tests would fail for how the suite was started. A terminal's Ctrl-C is what they model.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

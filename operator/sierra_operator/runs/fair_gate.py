@@ -97,7 +97,7 @@ class FairGate:
 
     def _grant(self) -> None:
         """Free slots to waiters: the owner served least recently first (one never served,
-        or back after holding nothing, before all), in order of arrival between equals."""
+        or forgotten by :meth:`_prune`, before all), in order of arrival between equals."""
         while self._free > 0 and self._waiting:
             owner = min(self._waiting, key=lambda o: self._served.get(o, -1))
             queue = self._waiting[owner]
