@@ -64,16 +64,11 @@ def test_owners_coming_back_again_and_again_do_not_starve_a_big_one() -> None:
 
         go = asyncio.Event()
 
-        async def one(owner: str) -> None:
-            async with gate.turn(owner):
-                order.append(owner)
-                await go.wait()
-
         async def again(owner: str) -> None:
             for _ in range(4):
-                await one(owner)
+                await _hold(gate, owner, order, go)
 
-        big = [asyncio.create_task(one("big")) for _ in range(3)]
+        big = [asyncio.create_task(_hold(gate, "big", order, go)) for _ in range(3)]
         small = [asyncio.create_task(again(o)) for o in ("s0", "s1")]
         await asyncio.sleep(0)  # the first big one holds the slot, the others wait
         assert gate.waiting() == 4
