@@ -59,10 +59,16 @@ def test_a_gate_waits_for_its_verdict_and_the_first_verdict_stands(tmp_path: Pat
         open_gate(tmp_path / "x", "maybe")
 
 
+def _prepare(prefetch: Prefetch, prepared: SubmitRuns, flow_run_id: UUID) -> Path:
+    """What the driver does to hold a wave: a new gate, then the flow run waiting there."""
+    gate = prefetch.new_gate(prepared)
+    prefetch.hold(prepared, flow_run_id, gate)
+    return gate
+
+
 def test_the_held_wave_is_released_when_its_own_wave_is_decided(tmp_path: Path):
     prefetch, prefect, run_id = Prefetch(tmp_path), StandInPrefect(), uuid4()
-    prefetch.hold(wave("c1-exp1"), run_id)
-    gate = prefetch.gate_for(wave("c1-exp1"))
+    gate = _prepare(prefetch, wave("c1-exp1"), run_id)
     assert not prefetch.release(wave("c1-exp0", 2), prefect), "a retry of exp0 comes first"
     assert prefetch.held is not None and not gate.exists(), "...and exp1 stays held"
     assert prefetch.release(wave("c1-exp1"), prefect)
@@ -71,12 +77,28 @@ def test_the_held_wave_is_released_when_its_own_wave_is_decided(tmp_path: Path):
 
 def test_a_held_wave_that_cannot_be_released_is_withdrawn(tmp_path: Path):
     prefetch, prefect = Prefetch(tmp_path), StandInPrefect()
-    prefetch.hold(wave("c1-exp1"), uuid4())
+    first = _prepare(prefetch, wave("c1-exp1"), uuid4())
     assert not prefetch.release(wave("c1-exp1", 2, 1), prefect), "another wave of exp1"
-    assert prefetch.gate_for(wave("c1-exp1")).read_text() == WITHDRAW
+    assert first.read_text() == WITHDRAW
     dead = uuid4()
-    prefetch.hold(wave("c1-exp2"), dead)
+    second = _prepare(prefetch, wave("c1-exp2"), dead)
     prefect.dead.add(dead)
     assert not prefetch.release(wave("c1-exp2"), prefect), "its process died: submit anew"
-    assert prefetch.gate_for(wave("c1-exp2")).read_text() == WITHDRAW
+    assert second.read_text() == WITHDRAW
     assert prefect.revealed == [] and prefetch.withdrawn == 2
+
+
+def test_a_wave_prepared_again_after_a_withdraw_gets_a_gate_of_its_own(tmp_path: Path):
+    """The same wave (same runs, same attempts) prepared, withdrawn and prepared again:
+    the second preparation must not find the first one's verdict at its gate (it would
+    end at once, withdrawn) and is released by its own GO."""
+    prefetch, prefect = Prefetch(tmp_path), StandInPrefect()
+    first = _prepare(prefetch, wave("c1-exp1"), uuid4())
+    prefetch.withdraw()
+    assert first.read_text() == WITHDRAW
+    again, run_id = prefetch.new_gate(wave("c1-exp1")), uuid4()
+    assert again != first and not again.exists(), "a fresh gate, no verdict on it yet"
+    prefetch.hold(wave("c1-exp1"), run_id, again)
+    assert prefetch.release(wave("c1-exp1"), prefect)
+    assert wait_at_gate(again) is True and first.read_text() == WITHDRAW
+    assert prefect.revealed == [run_id]

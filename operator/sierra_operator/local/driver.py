@@ -122,7 +122,8 @@ class LocalRun:
         self.queue = opts.queue or spec.prefect.work_queue or names.DEFAULT_QUEUE
         self.status = BatchStatus(phase=BatchPhase.PENDING, work_pool=self.pool)
         self.timings: dict[str, float] = {}
-        self.prefetch = Prefetch(self.home / "gates")
+        # Gates of this batch only, even in a home shared with other batches.
+        self.prefetch = Prefetch(self.home / "gates" / self.batch_id)
         self.watch = RecordWatch()
         self._loop = asyncio.new_event_loop()
 
@@ -241,8 +242,8 @@ class LocalRun:
         elif not decision.actions:
             wave = next_wave(spec.execution, self.loaded.plan, observed, self.status, now)
             if wave is not None and self.prefetch.held is None:
-                gate = self.prefetch.gate_for(wave)
-                self.prefetch.hold(wave, self._start(wave, gate))
+                gate = self.prefetch.new_gate(wave)
+                self.prefetch.hold(wave, self._start(wave, gate), gate)
         return decision
 
     def _start(self, action: SubmitRuns, gate: Path | None = None) -> UUID:
@@ -261,7 +262,11 @@ class LocalRun:
         }
         if gate is not None:
             parameters["gate"] = str(gate)
-        run_id = self._await(self.prefect.submit(action, parameters, prepared=gate is not None))
+        run_id = self._await(
+            self.prefect.submit(
+                action, parameters, prepared=gate.name if gate is not None else None
+            )
+        )
         try:
             self.executor.execute(str(run_id))
         except ExecutorExited as exc:  # it died: say so, with its log, not a traceback

@@ -49,15 +49,24 @@ class Prefetch:
     held: PreparedWave | None = None
     released: int = 0  # prepared waves whose gate opened (for tests and timings)
     withdrawn: int = 0
+    prepared: int = 0  # gates handed out so far: each preparation has its own
 
-    def gate_for(self, wave: SubmitRuns) -> Path:
-        """Where the prepared flow run of ``wave`` waits for its verdict."""
+    def new_gate(self, wave: SubmitRuns) -> Path:
+        """A gate no earlier preparation used, for the prepared flow run of ``wave``.
+
+        One per preparation, never one per wave: a wave withdrawn (its gate says
+        ``withdraw``) can be prepared again later (the same runs, the same attempts), and
+        that preparation must neither find the old verdict at its gate nor, through the
+        gate's name in its idempotency key (:meth:`PrefectBatch.submit`), be handed the
+        old, Cancelled flow run."""
+        self.prepared += 1
         digest = hashlib.sha256(wave.wave_key.encode()).hexdigest()[:16]
-        return self.gate_dir / f"{wave.experiment}-{digest}"
+        return self.gate_dir / f"{wave.experiment}-{digest}-{self.prepared}"
 
-    def hold(self, wave: SubmitRuns, flow_run_id: UUID) -> None:
-        """Remember the flow run just started for ``wave`` (waiting at :meth:`gate_for`)."""
-        self.held = PreparedWave(wave.experiment, wave.wave_key, flow_run_id, self.gate_for(wave))
+    def hold(self, wave: SubmitRuns, flow_run_id: UUID, gate: Path) -> None:
+        """Remember the flow run just started for ``wave``, waiting at ``gate``
+        (from :meth:`new_gate`)."""
+        self.held = PreparedWave(wave.experiment, wave.wave_key, flow_run_id, gate)
 
     def release(self, action: SubmitRuns, prefect: PrefectBatch) -> bool:
         """Open the held wave's gate if it is ``action``'s and its flow run is alive: True

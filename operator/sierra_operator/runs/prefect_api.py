@@ -506,16 +506,24 @@ class PrefectBatch:
         return results
 
     async def submit(
-        self, action: SubmitRuns, parameters: dict[str, Any], *, prepared: bool = False
+        self,
+        action: SubmitRuns,
+        parameters: dict[str, Any],
+        *,
+        prepared: str | None = None,
     ) -> UUID:
         """Create the flow run of one wave; the idempotency key makes a repeat a no-op.
 
-        ``prepared``: a wave made ahead, held at a gate (``parameters["gate"]``): its own
-        key, so the same wave submitted for real later (the prepared one died, say) is a
-        new flow run, and hidden from :meth:`observe` until :meth:`reveal` (until its gate
-        opens, its runs are not submitted as far as the state machine knows)."""
+        ``prepared``: a wave made ahead, held at a gate (``parameters["gate"]``) named
+        ``prepared``: a key of its own per preparation, so neither the same wave submitted
+        for real later (the prepared one died, say) nor the same wave prepared again after
+        a withdraw is handed an earlier flow run; hidden from :meth:`observe` until
+        :meth:`reveal` (until its gate opens, its runs are not submitted as far as the
+        state machine knows)."""
         first_attempt = min(r.attempt for r in action.runs)
-        key = f"{self.batch_id}/{action.wave_key}" + ("/prepared" if prepared else "")
+        key = f"{self.batch_id}/{action.wave_key}"
+        if prepared is not None:
+            key += f"/prepared/{prepared}"
         async with self.client() as client:
             run_id = await self._create_run(
                 client,
@@ -528,7 +536,7 @@ class PrefectBatch:
                     key=hashlib.sha256(key.encode()).hexdigest(),
                 ),
             )
-        if prepared:
+        if prepared is not None:
             self._hidden[run_id] = ""
         self._unsettled.add(run_id)
         return run_id
