@@ -11,8 +11,11 @@ import pytest
 
 from sierra_operator.core.reasons import (
     REASON_CHARS,
+    WAVE_REASONS_CHARS,
     attempt_failure_reason,
     failure_reason_from_message,
+    wave_failure_message,
+    wave_outcomes,
 )
 
 pytestmark = pytest.mark.unit
@@ -70,3 +73,37 @@ def test_a_long_foreign_message_is_cut_at_the_end_and_an_empty_one_falls_back():
     assert failure_reason_from_message("  ", "e", 0, "flow run x ended CRASHED") == (
         "flow run x ended CRASHED"
     )
+
+
+def test_a_failed_waves_message_round_trips_each_runs_outcome():
+    reasons = {1: "exited 3; stderr ends: boom", 4: "timed out after 9s (x)"}
+    message = wave_failure_message("e: run(s) 1, 4 failed", [0, 2, 3], reasons)
+    prefixed = "Flow run encountered an exception: RunFailed: " + message
+    headline, outcomes = wave_outcomes(prefixed)
+    assert headline.endswith("e: run(s) 1, 4 failed")
+    assert outcomes == {0: None, 2: None, 3: None, **reasons}
+
+
+def test_a_failed_waves_message_stays_bounded_and_keeps_every_run():
+    """100 runs in a pod, all failing with long reasons: each is still named (so none
+    waits for the grace), the later ones by the head of their reason."""
+    long = "exited 1; stderr ends: " + "z" * (REASON_CHARS - 30)
+    message = wave_failure_message("e: all failed", [], {i: long for i in range(100)})
+    assert len(message) < WAVE_REASONS_CHARS + 100 * 100
+    _, outcomes = wave_outcomes(message)
+    assert sorted(outcomes) == list(range(100))
+    assert outcomes[0] == long and outcomes[99] == "exited 1"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        None,
+        "",
+        "Job reported a failed pod",
+        "x\nsierra-operator outcomes: {not json",
+        'x\nsierra-operator outcomes: {"succeeded": 3}',
+    ],
+)
+def test_a_message_without_readable_outcomes_names_none(message):
+    assert wave_outcomes(message)[1] == {}

@@ -12,6 +12,8 @@ Pure string functions (no I/O): the core, the flows and the observations share t
 
 from __future__ import annotations
 
+import json
+
 REASON_CHARS = 800
 """The longest failure reason a run's status holds (etcd objects stay small)."""
 REASON_LINES = 5
@@ -63,3 +65,47 @@ def failure_reason_from_message(
     if len(text) <= REASON_CHARS:
         return text
     return text[: REASON_CHARS - len(ELLIPSIS)] + ELLIPSIS
+
+
+# ------------------------------------------------------------------ a failed wave's outcomes
+
+WAVE_OUTCOMES_MARKER = "\nsierra-operator outcomes: "
+"""Starts the machine-readable part of a failed wave's state message (after its headline)."""
+WAVE_REASONS_CHARS = 16_000
+"""Full reasons a failed wave's message carries; past this, failed runs get the reason's
+head ("exited 3"): the message is read with the flow run until it is settled."""
+
+
+def wave_failure_message(headline: str, succeeded: list[int], failed: dict[int, str]) -> str:
+    """A failed wave's state message: ``headline`` for people, then each run's outcome.
+
+    Why: the flow run's final state is written by a direct request, its task runs' states
+    through events that reach the database later (a minute on a loaded server). Without its
+    runs' outcomes in its own message, a FAILED packed flow run in the cluster (no records to
+    read: the PVC is the pods') left the batch waiting for those events; with them, every
+    run is settled the moment the flow run is seen failed."""
+    budget = WAVE_REASONS_CHARS
+    reasons = {}
+    for index, reason in sorted(failed.items()):
+        if len(reason) > budget:
+            reason = reason.split(";", 1)[0][:80]
+        budget -= len(reason)
+        reasons[str(index)] = reason
+    outcomes = {"succeeded": sorted(succeeded), "failed": reasons}
+    return headline + WAVE_OUTCOMES_MARKER + json.dumps(outcomes, separators=(",", ":"))
+
+
+def wave_outcomes(message: str | None) -> tuple[str, dict[int, str | None]]:
+    """``message``'s headline, and the outcome of each run it names (None: succeeded, else
+    the failure reason). A message without outcomes, or with unreadable ones, names none."""
+    text = message or ""
+    headline, marker, tail = text.partition(WAVE_OUTCOMES_MARKER)
+    if not marker:
+        return text, {}
+    try:
+        data = json.loads(tail)
+        out: dict[int, str | None] = {int(i): None for i in data["succeeded"]}
+        out.update({int(i): str(reason) for i, reason in data["failed"].items()})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return headline, {}
+    return headline, out

@@ -35,7 +35,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from sierra_operator.core import names
 from sierra_operator.core.plan import PlannedRun, plan_to_json
-from sierra_operator.core.reasons import REASON_LINES, attempt_failure_reason
+from sierra_operator.core.reasons import (
+    REASON_LINES,
+    attempt_failure_reason,
+    failure_reason_from_message,
+    wave_failure_message,
+)
 from sierra_operator.inputs.loader import plan_from_commands_file
 from sierra_operator.runs.gate import wait_at_gate
 from sierra_operator.runs.ledger import (
@@ -278,9 +283,13 @@ def run_experiment(
         # The run's own exception (RunFailed with its reason, or AttemptRefused) is the flow's.
         states[failed[0]].result(raise_on_failure=True)
     if failed:
-        raise RunFailed(
-            f"{experiment}: run(s) {', '.join(map(str, failed))} failed; see their task runs"
-        )
+        headline = f"{experiment}: run(s) {', '.join(map(str, failed))} failed; see their task runs"
+        reasons = {
+            i: failure_reason_from_message(states[i].message, experiment, i, "failed")
+            for i in failed
+        }
+        succeeded = [i for i in states if i not in reasons]
+        raise RunFailed(wave_failure_message(headline, succeeded, reasons))
     return {"succeeded": len(states)}
 
 

@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from sierra_operator.core import names
 from sierra_operator.core.machine import RunKey, RunObservation, RunPhase
 from sierra_operator.core.plan import PlannedRun
-from sierra_operator.core.reasons import failure_reason_from_message
+from sierra_operator.core.reasons import failure_reason_from_message, wave_outcomes
 from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
 
 FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
@@ -45,13 +45,13 @@ FLOW_PHASES = {
     StateType.CANCELLING: RunPhase.RUNNING,
 }
 SETTLE_GRACE_SECONDS = 60.0
-"""How long after a wave's flow run ended (failed, crashed, cancelled) its runs whose task
-run is not final yet wait for it in the cluster: task states reach Prefect's database
-asynchronously (events), so a run that completed in a pod that then crashed may still be
-reported COMPLETED. Past this, such a run is failed with the flow run's message, for good.
-A minute, not 15 s: on a loaded server task events lag well past 15 s, and a run that
-succeeded would be settled failed (and run again). The cost: a crashed pod's retry starts
-up to a minute later."""
+"""How long after a wave's flow run crashed or was cancelled (a failed one names its runs'
+outcomes in its message: no wait) its runs whose task run is not final yet wait for it in
+the cluster: task states reach Prefect's database asynchronously (events), so a run that
+completed in a pod that then crashed may still be reported COMPLETED. Past this, such a
+run is failed with the flow run's message, for good. A minute, not 15 s: on a loaded server
+task events lag well past 15 s, and a run that succeeded would be settled failed (and run
+again). The cost: a crashed pod's retry starts up to a minute later."""
 
 
 def ledger_lookup(batch_root: str, experiment: str, index: int) -> RunRecord | None:
@@ -79,6 +79,8 @@ def flow_run_observations(
     * in a wave, a final task state counts; else the durable run record of this attempt
       (local mode; written as the command ends, before Prefect hears of it); else a
       COMPLETED flow run means every run succeeded (the flow raises when one fails); else
+      a FAILED flow run's own message names each run's outcome
+      (:func:`~sierra_operator.core.reasons.wave_failure_message`), settled at once; else
       a crashed or cancelled flow run failed its unfinished runs (local mode: a failed one
       too, as it left no record); in the cluster (no records to read: the PVC is the
       pods') only once :data:`SETTLE_GRACE_SECONDS` after it ended (at ``now``, default
@@ -117,7 +119,7 @@ def _observe_run(
     now: datetime,
 ) -> RunObservation:
     flow_state = state_type(fr)
-    flow_message = fr.state.message if fr.state is not None else None
+    flow_message, outcomes = wave_outcomes(fr.state.message if fr.state is not None else None)
 
     def failed(message: str | None, fallback: str) -> RunObservation:
         return RunObservation(
@@ -152,6 +154,11 @@ def _observe_run(
         return RunObservation(phase, attempt)
     if flow_state is StateType.COMPLETED:
         return RunObservation(RunPhase.SUCCEEDED, attempt)
+    if index in outcomes:  # the failed wave's own account of its runs: no grace needed
+        reason = outcomes[index]
+        if reason is None:
+            return RunObservation(RunPhase.SUCCEEDED, attempt)
+        return failed(reason, "failed")
     if record is not None or _grace_passed(fr, now):
         # It never wrote its record, or its task run's end never reached Prefect: the flow
         # run ended (failed, crashed, cancelled) under it.
