@@ -12,7 +12,6 @@ import importlib.util
 import io
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -293,5 +292,5 @@ def test_bench_figures_are_drawn_from_bench_readme(tmp_path: Path) -> None:
 
 
 def test_runnable_marker_is_used() -> None:
-    assert any(runnable for _page, runnable, _block in _all_blocks())
-    assert shutil.which("bash")
+    """Some blocks are run, not only parsed (a typo in the marker would silently run none)."""
+    assert sum(runnable for _page, runnable, _block in _all_blocks()) >= 4
