@@ -102,18 +102,32 @@ def _program(rule: str) -> Any:
     return env.program(env.compile(rule))
 
 
-def _extensions(schema: dict[str, Any], value: Any, path: str, errors: list[str]) -> None:
+_ABSENT = object()
+"""No old value: a create, or a field the old object did not have."""
+
+
+def _extensions(
+    schema: dict[str, Any], value: Any, path: str, errors: list[str], old: Any = _ABSENT
+) -> None:
+    """CEL rules of ``schema`` and below. A transition rule (one that names ``oldSelf``) is
+    checked only on an update where the old object had the field, as the API server does."""
     for rule in schema.get("x-kubernetes-validations", []):
+        bindings = {"self": celpy.json_to_cel(value)}
+        if "oldSelf" in rule["rule"]:
+            if old is _ABSENT:
+                continue
+            bindings["oldSelf"] = celpy.json_to_cel(old)
         try:
-            ok = bool(_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)}))
+            ok = bool(_program(rule["rule"]).evaluate(bindings))
         except Exception:  # a rule that cannot be evaluated fails, as in the API server
             ok = False
         if not ok:
             errors.append(f"{path}: {rule['message']}")
     if isinstance(value, dict):
+        olds = old if isinstance(old, dict) else {}
         for key, sub in schema.get("properties", {}).items():
             if key in value:
-                _extensions(sub, value[key], f"{path}.{key}", errors)
+                _extensions(sub, value[key], f"{path}.{key}", errors, olds.get(key, _ABSENT))
     elif isinstance(value, list):
         if schema.get("x-kubernetes-list-type") == "map":
             keys = schema["x-kubernetes-list-map-keys"]
@@ -181,18 +195,21 @@ def _envelope_errors(document: Any) -> list[str]:
     return errors
 
 
-def crd_errors(document: dict[str, Any]) -> list[str]:
-    """Every reason the API server would refuse ``document`` (empty: accepted)."""
+def crd_errors(document: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Every reason the API server would refuse ``document`` (empty: accepted): as a
+    create, or with ``old`` (the stored object, already accepted) as an update of it."""
     errors = _envelope_errors(document)
     if errors:
         return errors
     schema = _schema()
-    document = {k: v for k, v in document.items() if k != "status"}
-    document = _defaulted(schema, document)
+    document = _defaulted(schema, {k: v for k, v in document.items() if k != "status"})
     errors = [
         ".".join(str(p) for p in e.absolute_path) + ": " + e.message
         for e in _validator().iter_errors(document)
     ]
     if not errors:
-        _extensions(schema, document, "", errors)
+        stored: Any = _ABSENT
+        if old is not None:
+            stored = _defaulted(schema, {k: v for k, v in old.items() if k != "status"})
+        _extensions(schema, document, "", errors, stored)
     return errors

@@ -333,3 +333,44 @@ def test_examples_are_valid_for_both(tmp_path: Path):
         doc = yaml.safe_load(path.read_text())
         assert crd_errors(doc) == [], path
         parse_batch(doc)
+
+
+# spec.prefect.workQueue / workPool are fixed for a batch's life (issue 22 item 4): the
+# API server refuses the change on update, with a message naming the field and the fix.
+@pytest.mark.parametrize(
+    ("field", "before", "after"),
+    [
+        ("workQueue", None, "other-queue"),
+        ("workQueue", "queue-a", "queue-b"),
+        ("workQueue", "queue-a", DELETE),
+        ("workPool", None, "my-pool"),
+        ("workPool", "pool-a", "pool-b"),
+        ("workPool", "pool-a", DELETE),
+    ],
+)
+def test_changing_a_prefect_name_is_refused_on_update(field: str, before: Any, after: Any):
+    old = with_spec(**({f"prefect__{field}": before} if before else {}))
+    new = with_spec(**{f"prefect__{field}": after})
+    assert crd_errors(old) == [] and crd_errors(new) == []  # each is fine as a create
+    errors = crd_errors(new, old=old)
+    assert len(errors) == 1, errors
+    assert f"spec.prefect.{field} cannot change once the batch exists" in errors[0]
+    assert "kubectl delete sierrabatch" in errors[0] and "data on sierra-root stays" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (with_spec(), with_spec(prefect__workQueue="sierra-queue")),  # unset == the default
+        (with_spec(prefect__workQueue="sierra-queue"), with_spec()),
+        (
+            with_spec(prefect__workQueue="q", prefect__workPool="p"),
+            with_spec(prefect__workQueue="q", prefect__workPool="p", suspend=True),
+        ),
+        (with_spec(), with_spec(prefect={"apiUrl": "http://prefect:4200/api"})),
+    ],
+)
+def test_other_updates_keep_passing(old: dict[str, Any], new: dict[str, Any]):
+    """The rule refuses only a change of the name: suspending, the default spelled out, or
+    a prefect section added with other fields are updates like any other."""
+    assert crd_errors(new, old=old) == []

@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     Strict,
     ValidationError,
     ValidationInfo,
@@ -27,7 +28,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
+
+from sierra_operator.core.names import DEFAULT_QUEUE
 
 GROUP = "sierra.research.io"
 VERSION = "v1alpha1"
@@ -78,6 +82,35 @@ ONE_SOURCE_MESSAGE = (
     "spec.commandsFile (a SIERRA commands file) or spec.sierra (run SIERRA stage 1)"
 )
 UNIQUE_NAMES_MESSAGE = "experiment names must be unique"
+
+
+def _prefect_name(side: str, field: str, default: str) -> str:
+    """CEL for ``spec.prefect.<field>`` of ``self`` or ``oldSelf``, with its default."""
+    value = f"{side}.prefect.{field}"
+    return f"(has({side}.prefect) && has({value}) ? {value} : '{default}')"
+
+
+def _immutable_name_rule(field: str, default: str, what: str) -> JsonDict:
+    """A transition rule (checked on update only) refusing a change of a Prefect name.
+
+    Why refuse rather than follow the change: the batch's attempt ledger, its idempotency keys
+    and its workers all name the pool and queue its runs were created in; moving mid-batch
+    would leave running flow runs in a queue no worker of the batch serves, or re-create runs
+    under new keys (a second execution). Unset and the default are the same name."""
+    return {
+        "rule": f"{_prefect_name('oldSelf', field, default)} == "
+        f"{_prefect_name('self', field, default)}",
+        "message": f"spec.prefect.{field} cannot change once the batch exists ({what}); "
+        "keep the old value, or delete the batch (kubectl delete sierrabatch NAME: its data "
+        f"on sierra-root stays) and apply it again with the new {field}",
+    }
+
+
+IMMUTABLE_PREFECT_RULES: list[JsonValue] = [
+    _immutable_name_rule("workQueue", DEFAULT_QUEUE, "its runs and workers are bound to the queue"),
+    _immutable_name_rule("workPool", "", "its runs and workers are bound to the pool"),
+]
+"""spec.prefect.workQueue / workPool are fixed for a batch's life (issue 22 item 4)."""
 
 COMMANDS_FILE_EXAMPLE = "proj/ctrl/scn/batch/commands.txt"
 COMMANDS_FILE_FIX = (
@@ -378,12 +411,13 @@ class PrefectSpec(_SpecModel):
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
         description="Work pool name. Default: sierra-pool in local mode, unique per batch "
-        "in the cluster.",
+        "in the cluster. Fixed once the batch exists: a change is refused at apply time.",
     )
     work_queue: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
-        description="Work queue name. Default: sierra-queue.",
+        description="Work queue name. Default: sierra-queue. Fixed once the batch exists: "
+        "a change is refused at apply time (running flow runs stay in the old queue).",
     )
 
 
@@ -394,6 +428,7 @@ class SierraBatchSpec(_SpecModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": ONE_SOURCE_RULE, "message": ONE_SOURCE_MESSAGE},
+                *IMMUTABLE_PREFECT_RULES,
             ]
         }
     )

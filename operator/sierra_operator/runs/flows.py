@@ -35,6 +35,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from sierra_operator.core import names
 from sierra_operator.core.plan import PlannedRun, plan_to_json
+from sierra_operator.core.reasons import REASON_LINES, attempt_failure_reason
 from sierra_operator.inputs.loader import plan_from_commands_file
 from sierra_operator.runs.gate import wait_at_gate
 from sierra_operator.runs.ledger import (
@@ -49,8 +50,6 @@ from sierra_operator.runs.ledger import (
 )
 
 LOG_TAIL_LINES = 200
-REASON_LINES = 5
-REASON_CHARS = 600
 
 _live: dict[int, subprocess.Popen[bytes]] = {}
 _live_lock = threading.Lock()
@@ -83,17 +82,6 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> int:
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     with path.open(errors="replace") as fh:
         return "".join(deque(fh, maxlen=lines))
-
-
-def failure_reason(code: int, timed_out: bool, timeout: int | None, stderr: Path) -> str:
-    """Why an attempt failed, short enough for status: exit code (or timeout) and the last
-    stderr lines, which usually name the cause (a missing module, a bad argument)."""
-    head = f"timed out after {timeout}s (execution.runTimeoutSeconds)" if timed_out else ""
-    head = head or f"exited {code}"
-    last = _tail(stderr, REASON_LINES).strip() if stderr.exists() else ""
-    if len(last) > REASON_CHARS:
-        last = "..." + last[-REASON_CHARS:]
-    return f"{head}; stderr ends: {last}" if last else head
 
 
 def run_environment(
@@ -201,7 +189,10 @@ def run_command(
         if text.strip():
             logger.info("%s/run%d %s (last lines):\n%s", experiment, index, label, text.rstrip())
     ok = code == 0 and not timed_out
-    reason = "" if ok else failure_reason(code, timed_out, timeout_seconds, stderr_path)
+    reason = ""
+    if not ok:
+        tail = _tail(stderr_path, REASON_LINES) if stderr_path.exists() else ""
+        reason = attempt_failure_reason(code, timed_out, timeout_seconds, tail)
     write_record(
         root,
         RunRecord(

@@ -16,6 +16,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from sierra_operator.core import names
 from sierra_operator.core.machine import RunKey, RunObservation, RunPhase
 from sierra_operator.core.plan import PlannedRun
+from sierra_operator.core.reasons import failure_reason_from_message
 from sierra_operator.runs.ledger import RunRecord, read_record, run_paths
 
 FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
@@ -43,7 +44,6 @@ FLOW_PHASES = {
     StateType.RUNNING: RunPhase.RUNNING,
     StateType.CANCELLING: RunPhase.RUNNING,
 }
-REASON_CHARS = 800
 SETTLE_GRACE_SECONDS = 60.0
 """How long after a wave's flow run ended (failed, crashed, cancelled) its runs whose task
 run is not final yet wait for it in the cluster: task states reach Prefect's database
@@ -52,13 +52,6 @@ reported COMPLETED. Past this, such a run is failed with the flow run's message,
 A minute, not 15 s: on a loaded server task events lag well past 15 s, and a run that
 succeeded would be settled failed (and run again). The cost: a crashed pod's retry starts
 up to a minute later."""
-_MESSAGE_PREFIXES = (
-    "Flow run encountered an exception: ",
-    "Task run encountered an exception ",
-    "Task run encountered an exception: ",
-    "RunFailed: ",
-    "AttemptRefused: ",
-)
 
 
 def ledger_lookup(batch_root: str, experiment: str, index: int) -> RunRecord | None:
@@ -69,19 +62,6 @@ def ledger_lookup(batch_root: str, experiment: str, index: int) -> RunRecord | N
 def is_single_run(fr: FlowRun) -> bool:
     """A flow run that executes exactly one run (the cluster's shape: one Job per run)."""
     return any(tag.startswith(names.run_tag(0)[:-1]) for tag in fr.tags)
-
-
-def failure_reason(message: str | None, experiment: str, index: int, fallback: str) -> str:
-    """A state message as a run's failure reason: Prefect's and our prefixes removed, short."""
-    text = (message or "").strip()
-    changed = True
-    while changed:
-        changed = False
-        for prefix in (*_MESSAGE_PREFIXES, f"{experiment}/run{index} "):
-            if text.startswith(prefix):
-                text, changed = text[len(prefix) :].lstrip(), True
-    text = text or fallback
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
 
 
 def flow_run_observations(
@@ -141,7 +121,9 @@ def _observe_run(
 
     def failed(message: str | None, fallback: str) -> RunObservation:
         return RunObservation(
-            RunPhase.FAILED, attempt, failure_reason(message, experiment, index, fallback)
+            RunPhase.FAILED,
+            attempt,
+            failure_reason_from_message(message, experiment, index, fallback),
         )
 
     if single:
