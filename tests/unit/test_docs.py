@@ -112,6 +112,14 @@ def test_troubleshooting_quotes_messages_that_exist_in_the_code() -> None:
     assert not missing, f"quoted on docs/troubleshooting.md but not in the code: {missing}"
 
 
+def test_pages_the_code_points_users_to_exist() -> None:
+    """Messages and help texts that say "see docs/..." name a page that is there."""
+    named = {m for s in _code_strings() for m in re.findall(r"docs/[\w./-]+\.md", s)}
+    assert named, "no message names a docs page"
+    for page in named:
+        assert (REPO / page).exists(), page
+
+
 def test_a_reworded_message_would_be_caught() -> None:
     """The check above can fail: a message that is not in the code is not found."""
     assert not any("the Prefect server exploded" in s for s in _code_strings())
@@ -278,6 +286,7 @@ def test_runnable_blocks_run(page: str, block: str) -> None:
     assert out.returncode == 0, f"{page}:\n{block}\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # matplotlib's use of pyparsing
 def test_bench_figures_are_drawn_from_bench_readme(tmp_path: Path) -> None:
     """scripts/bench_figures.py reads bench/README.md's tables and draws each figure the
     benchmarks page shows; the checked-in PNGs are those figures."""
