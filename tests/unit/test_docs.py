@@ -85,6 +85,26 @@ def test_readme_is_short_and_links_into_the_docs() -> None:
         assert (REPO / link).exists(), link
 
 
+def _cells(line: str) -> int:
+    """Cells of a table row as Python-Markdown splits it: at pipes outside code spans,
+    unescaped."""
+    outside = re.sub(r"`[^`]*`", "", line.strip().strip("|"))
+    return len(re.split(r"(?<!\\)\|", outside))
+
+
+def test_every_table_row_has_its_header_s_cells() -> None:
+    """A row with a stray pipe renders as a shifted row, which mkdocs does not warn about."""
+    for page in PAGES:
+        header = 0
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if not line.startswith("|"):
+                header = 0
+            elif not header:
+                header = _cells(line)
+            else:
+                assert _cells(line) == header, f"{page.name} line {number}: {line[:80]}"
+
+
 def _code_strings() -> set[str]:
     """Every string constant in the operator's code (f-strings by their literal parts;
     adjacent literals are joined by the parser, so a message split over lines is whole)."""
