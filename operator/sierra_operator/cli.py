@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
             " (kopf; same as `kopf run -m sierra_operator.cluster.handlers`)"
         ),
         description="Reconcile SierraBatch resources. Settings come from SIERRA_OPERATOR_* "
-        "environment variables (see the README).",
+        "environment variables (see docs/operator.md).",
     )
     run.add_argument(
         "--namespace",

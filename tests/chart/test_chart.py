@@ -254,7 +254,7 @@ def test_bad_values_are_refused_naming_the_value(flags: list[str], names: list[s
 
 
 def test_kind_workflow_targets_exist_and_scripts_parse() -> None:
-    """The README's "Try it on kind" commands: every make target exists (dry run) and the
+    """The docs' "Try it on kind" commands: every make target exists (dry run) and the
     cluster script is valid bash. (Running them needs Docker: tests/e2e.)"""
     targets = ["kind-up", "image", "kind-load", "deploy", "e2e", "kind-down"]
     dry = subprocess.run(["make", "-n", *targets], cwd=REPO, capture_output=True, text=True)
@@ -263,8 +263,8 @@ def test_kind_workflow_targets_exist_and_scripts_parse() -> None:
     assert "charts/sierra-operator" in dry.stdout and "docker build" in dry.stdout
     syntax = subprocess.run(["bash", "-n", "scripts/kind-up.sh"], cwd=REPO, capture_output=True)
     assert syntax.returncode == 0, syntax.stderr
-    readme = (REPO / "README.md").read_text()
-    assert "make kind-up image kind-load deploy" in readme
+    admin = (REPO / "docs" / "admin.md").read_text()
+    assert "make kind-up image kind-load deploy" in admin
     kind = yaml.safe_load((REPO / "kind-config.yaml").read_text())
     roles = [node["role"] for node in kind["nodes"]]
     assert roles == ["control-plane", "worker", "worker"]

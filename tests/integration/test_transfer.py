@@ -46,7 +46,8 @@ RESEARCHER_VERBS = {
     ("delete", "pods"),
     ("create", "pods/exec"),
 }
-"""What the README tells an admin to grant a researcher for push/fetch (checked below)."""
+"""What docs/researcher-cli.md tells an admin to grant a researcher for push/fetch (checked
+below)."""
 
 
 @pytest.fixture(scope="module")

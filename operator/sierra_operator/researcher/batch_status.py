@@ -160,7 +160,7 @@ def api_error(
         return StatusError(
             "the SierraBatch CRD is not installed in this cluster (no "
             f"{PLURAL}.{GROUP}/{VERSION}): helm install sierra-operator charts/sierra-operator "
-            "--namespace sierra-system --create-namespace (see the README)",
+            "--namespace sierra-system --create-namespace (see docs/admin.md)",
             EXIT_CLUSTER,
         )
     if status == 403:

@@ -88,5 +88,5 @@ def forbidden(verb: str, resource: str, namespace: str, purpose: str = "") -> Cl
     return ClusterError(
         f"forbidden: your user cannot {verb} {resource} in namespace {namespace}"
         f"{' (' + purpose + ')' if purpose else ''}; ask for {verb} on {resource} there "
-        "(a Role or ClusterRole bound to you; the README lists what a researcher needs)",
+        "(a Role or ClusterRole bound to you; docs/researcher-cli.md lists what researchers need)",
     )
