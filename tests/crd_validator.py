@@ -195,6 +195,12 @@ def _envelope_errors(document: Any) -> list[str]:
     return errors
 
 
+def _as_validated(schema: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` as the API server validates it: without status (a subresource), with
+    nulls pruned and defaults applied. The same for the new object and the stored one."""
+    return _defaulted(schema, {k: v for k, v in document.items() if k != "status"})
+
+
 def crd_errors(document: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     """Every reason the API server would refuse ``document`` (empty: accepted): as a
     create, or with ``old`` (the stored object, already accepted) as an update of it."""
@@ -202,7 +208,7 @@ def crd_errors(document: dict[str, Any], old: dict[str, Any] | None = None) -> l
     if errors:
         return errors
     schema = _schema()
-    document = _defaulted(schema, {k: v for k, v in document.items() if k != "status"})
+    document = _as_validated(schema, document)
     errors = [
         ".".join(str(p) for p in e.absolute_path) + ": " + e.message
         for e in _validator().iter_errors(document)
@@ -210,6 +216,6 @@ def crd_errors(document: dict[str, Any], old: dict[str, Any] | None = None) -> l
     if not errors:
         stored: Any = _ABSENT
         if old is not None:
-            stored = _defaulted(schema, {k: v for k, v in old.items() if k != "status"})
+            stored = _as_validated(schema, old)
         _extensions(schema, document, "", errors, stored)
     return errors

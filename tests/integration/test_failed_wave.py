@@ -23,6 +23,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 
 from sierra_operator.core import names
 from sierra_operator.core.machine import RunPhase
@@ -41,7 +42,8 @@ async def _flow_run_of(api_url: str, batch_id: str) -> FlowRun:
     async with PrefectClient(api=api_url) as client:
         runs = await client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[names.EXPERIMENT_FLOW_NAME])),
-            limit=200,
+            sort=FlowRunSort.END_TIME_DESC,  # the newest first: a long-lived server has more
+            limit=20,
         )
     (fr,) = [r for r in runs if r.parameters.get("batch_id") == batch_id]
     return fr
